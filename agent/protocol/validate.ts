@@ -1,0 +1,38 @@
+import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
+import type { Static, TSchema } from '@sinclair/typebox';
+
+export interface SchemaViolation {
+  /** Dotted path of the offending field, `params` for the object itself. */
+  field: string;
+  expected: string;
+}
+
+export type Validation<T> = { ok: true; value: T } | { ok: false; violation: SchemaViolation };
+
+const cache = new WeakMap<TSchema, TypeCheck<TSchema>>();
+
+const compiled = <T extends TSchema>(schema: T): TypeCheck<T> => {
+  let check = cache.get(schema);
+  if (!check) {
+    check = TypeCompiler.Compile(schema);
+    cache.set(schema, check);
+  }
+  return check as TypeCheck<T>;
+};
+
+const toField = (root: string, pointer: string): string => {
+  const parts = pointer
+    .split('/')
+    .slice(1)
+    .map((part) => part.replace(/~1/g, '/').replace(/~0/g, '~'));
+  return [root, ...parts].filter((part) => part !== '').join('.');
+};
+
+/** Checks untrusted input against a schema and says which field is wrong and what was expected. */
+export const validate = <T extends TSchema>(schema: T, value: unknown, root = 'params'): Validation<Static<T>> => {
+  const check = compiled(schema);
+  if (check.Check(value)) return { ok: true, value: value as Static<T> };
+  const first = check.Errors(value).First();
+  if (!first) return { ok: false, violation: { field: root, expected: 'a valid value' } };
+  return { ok: false, violation: { field: toField(root, first.path) || root, expected: first.message } };
+};
