@@ -14,8 +14,7 @@ export type RunRejection =
   | { kind: 'busy'; running: string };
 
 export type RunOutcome =
-  | { ok: true; started: boolean; record: CommandRecord }
-  | { ok: false; rejection: RunRejection };
+  { ok: true; started: boolean; record: CommandRecord } | { ok: false; rejection: RunRejection };
 
 export interface RunningCommand {
   command_id: string;
@@ -95,10 +94,12 @@ export class CommandEngine {
     if (existing) return { ok: true, started: false, record: snapshot(existing.record) };
 
     const definition = this.registry.get(name);
-    if (!definition) return { ok: false, rejection: { kind: 'unknown_command', name, known: this.registry.names() } };
+    if (!definition)
+      return { ok: false, rejection: { kind: 'unknown_command', name, known: this.registry.names() } };
 
     const checked = validate(definition.params, params ?? {});
-    if (!checked.ok) return { ok: false, rejection: { kind: 'invalid_params', violation: checked.violation } };
+    if (!checked.ok)
+      return { ok: false, rejection: { kind: 'invalid_params', violation: checked.violation } };
 
     if (definition.exclusive) {
       const holder = this.runningExclusive();
@@ -148,7 +149,11 @@ export class CommandEngine {
     return { ok: true, started: true, record: snapshot(record) };
   }
 
-  private async execute(entry: Entry, call: () => Promise<Record<string, unknown>>, log: Logger): Promise<CommandRecord> {
+  private async execute(
+    entry: Entry,
+    call: () => Promise<Record<string, unknown>>,
+    log: Logger,
+  ): Promise<CommandRecord> {
     const { record, controller } = entry;
     try {
       // Defer the handler so a synchronous throw still lands in the record, never in the caller.
@@ -160,12 +165,15 @@ export class CommandEngine {
     } catch (error) {
       const cancelled = controller.signal.aborted && (error instanceof CancelledError || isAbortError(error));
       record.status = cancelled ? 'CANCELLED' : 'FAILED';
-      record.error = serializeError(cancelled && !(error instanceof CancelledError) ? new CancelledError() : error);
-      if (!cancelled && !AgentError.is(error)) log.error({ err: error }, 'command failed with an unexpected error');
+      record.error = serializeError(
+        cancelled && !(error instanceof CancelledError) ? new CancelledError() : error,
+      );
+      if (!cancelled && !AgentError.is(error))
+        log.error({ err: error }, 'command failed with an unexpected error');
     }
     record.finished_at = rfc3339();
     entry.finishedSeq = ++this.finishedCount;
-    this.flushProgress(entry);
+    this.dropPendingProgress(entry);
     const seconds = (Date.now() - entry.startedMs) / 1000;
     const fields = { status: record.status, seconds, error: record.error ?? undefined };
     if (record.status === 'SUCCEEDED') log.info(fields, 'command finished');
@@ -175,7 +183,10 @@ export class CommandEngine {
     else if (entry.afterDelivery.length > 0) {
       setTimeout(() => {
         if (entry.afterDelivery.length === 0) return;
-        log.warn({ timeout_ms: this.deliveryTimeoutMs }, 'result not acknowledged in time; carrying on regardless');
+        log.warn(
+          { timeout_ms: this.deliveryTimeoutMs },
+          'result not acknowledged in time; carrying on regardless',
+        );
         this.runAfterDelivery(entry);
       }, this.deliveryTimeoutMs).unref();
     }
@@ -188,7 +199,10 @@ export class CommandEngine {
       Promise.resolve()
         .then(action)
         .catch((error: unknown) =>
-          this.logger.error({ err: error, command_id: entry.record.command_id }, 'action after delivery failed'),
+          this.logger.error(
+            { err: error, command_id: entry.record.command_id },
+            'action after delivery failed',
+          ),
         );
     }
   }
@@ -220,8 +234,13 @@ export class CommandEngine {
     this.emit('progress', entry.record.command_id, { ...entry.progress });
   }
 
-  private flushProgress(entry: Entry): void {
-    if (entry.pendingEmit) this.emitProgress(entry);
+  /**
+   * A trailing update still pending at the end is dropped rather than sent early: the limit of two
+   * a second holds to the last, and the result says how it ended.
+   */
+  private dropPendingProgress(entry: Entry): void {
+    if (entry.pendingEmit) clearTimeout(entry.pendingEmit);
+    entry.pendingEmit = null;
   }
 
   get(commandId: string): CommandRecord | undefined {
@@ -300,4 +319,5 @@ export class CommandEngine {
 }
 
 const isAbortError = (error: unknown): boolean =>
-  error instanceof Error && (error.name === 'AbortError' || (error as { code?: unknown }).code === 'ABORT_ERR');
+  error instanceof Error &&
+  (error.name === 'AbortError' || (error as { code?: unknown }).code === 'ABORT_ERR');

@@ -1,5 +1,13 @@
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
-import type { Static, TSchema } from '@sinclair/typebox';
+import { FormatRegistry, type Static, type TSchema } from '@sinclair/typebox';
+
+// TypeBox rejects every value of a format nobody registered; the protocol's times are RFC 3339 UTC.
+if (!FormatRegistry.Has('date-time')) {
+  FormatRegistry.Set(
+    'date-time',
+    (value) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/.test(value) && !Number.isNaN(Date.parse(value)),
+  );
+}
 
 export interface SchemaViolation {
   /** Dotted path of the offending field, `params` for the object itself. */
@@ -29,7 +37,11 @@ const toField = (root: string, pointer: string): string => {
 };
 
 /** Checks untrusted input against a schema and says which field is wrong and what was expected. */
-export const validate = <T extends TSchema>(schema: T, value: unknown, root = 'params'): Validation<Static<T>> => {
+export const validate = <T extends TSchema>(
+  schema: T,
+  value: unknown,
+  root = 'params',
+): Validation<Static<T>> => {
   const check = compiled(schema);
   if (check.Check(value)) return { ok: true, value: value as Static<T> };
   const first = check.Errors(value).First();

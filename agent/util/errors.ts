@@ -31,7 +31,11 @@ export class AgentError extends Error {
   readonly code: ErrorCode;
   readonly details: Record<string, unknown>;
 
-  constructor(code: ErrorCode, message: string, options: { details?: Record<string, unknown>; cause?: unknown } = {}) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { details?: Record<string, unknown>; cause?: unknown } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.details = options.details ?? {};
@@ -41,7 +45,9 @@ export class AgentError extends Error {
 
   // Works across copies of this module (a bundled CLI and a test loading the sources).
   static is(value: unknown): value is AgentError {
-    return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[kAgentError] === true;
+    return (
+      typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[kAgentError] === true
+    );
   }
 }
 
@@ -83,4 +89,5 @@ export const serializeError = (error: unknown): SerializedError => {
   return { code: 'INTERNAL', message: String(error), details: {} };
 };
 
-export const errorMessage = (error: unknown): string => (error instanceof Error ? error.message : String(error));
+export const errorMessage = (error: unknown): string =>
+  error instanceof Error ? error.message : String(error);

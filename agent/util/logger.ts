@@ -1,4 +1,12 @@
-import { pino, destination, multistream, stdTimeFunctions, type Logger, type DestinationStream, type StreamEntry } from 'pino';
+import {
+  pino,
+  destination,
+  multistream,
+  stdTimeFunctions,
+  type Logger,
+  type DestinationStream,
+  type StreamEntry,
+} from 'pino';
 
 export type { Logger } from 'pino';
 
@@ -11,7 +19,14 @@ export interface LogRecord {
 
 type LogListener = (record: LogRecord) => void;
 
-const LEVEL_NAMES: Record<number, string> = { 10: 'trace', 20: 'debug', 30: 'info', 40: 'warn', 50: 'error', 60: 'fatal' };
+const LEVEL_NAMES: Record<number, string> = {
+  10: 'trace',
+  20: 'debug',
+  30: 'info',
+  40: 'warn',
+  50: 'error',
+  60: 'fatal',
+};
 
 /**
  * Fans log records at info and above out to listeners (the conductor channel), so the conductor
@@ -68,7 +83,9 @@ class PrettyStream implements DestinationStream {
     const extra = Object.entries(fields)
       .map(([key, value]) => `${key}=${typeof value === 'string' ? value : JSON.stringify(value)}`)
       .join(' ');
-    this.out.write(`${when} ${name.toUpperCase().padEnd(5)} ${String(msg ?? '')}${extra ? ` ${extra}` : ''}\n`);
+    this.out.write(
+      `${when} ${name.toUpperCase().padEnd(5)} ${String(msg ?? '')}${extra ? ` ${extra}` : ''}\n`,
+    );
   }
 }
 
@@ -83,7 +100,9 @@ export interface LoggerOptions {
 export const createLogger = (options: LoggerOptions = {}): Logger => {
   const out = options.stream === 'stderr' ? process.stderr : process.stdout;
   const pretty = options.pretty ?? Boolean((out as NodeJS.WriteStream).isTTY);
-  const primary: DestinationStream = pretty ? new PrettyStream(out) : destination({ fd: out === process.stdout ? 1 : 2, sync: true });
+  const primary: DestinationStream = pretty
+    ? new PrettyStream(out)
+    : destination({ fd: out === process.stdout ? 1 : 2, sync: true });
   const streams: StreamEntry[] = [{ level: 'trace', stream: primary }];
   if (options.forwarder) streams.push({ level: 'info', stream: options.forwarder });
   return pino(

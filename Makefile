@@ -1,0 +1,49 @@
+# bm-agent: build, lint, test and demo. `make test` is what CI runs.
+SHELL := /bin/bash
+NPM ?= npm
+NODE ?= node
+
+.PHONY: all deps build lint test test-unit test-integration demo bench clean format
+
+all: build
+
+node_modules/.package-lock.json: package.json package-lock.json
+	$(NPM) ci --no-audit --no-fund
+	@touch $@
+
+deps: node_modules/.package-lock.json
+
+build: deps
+	npx tsc -p tsconfig.json
+	chmod +x dist/agent/main.js
+
+lint: deps
+	npx tsc -p tsconfig.json --noEmit
+	npx eslint .
+	npx prettier --check .
+
+format: deps
+	npx prettier --write .
+
+# The lint, then every test (unit and integration) with node's own runner.
+# Test files are named explicitly: handing node a directory would also run the support modules.
+test: lint build
+	$(NODE) --test --test-concurrency=1 $$(find dist/test -name '*.test.js' | sort)
+
+test-unit: build
+	$(NODE) --test $$(find dist/test/unit -name '*.test.js' | sort)
+
+test-integration: build
+	$(NODE) --test --test-concurrency=1 $$(find dist/test/integration -name '*.test.js' | sort)
+
+# A reference conductor and a real agent on this machine: hello, heartbeats and an
+# inventory.collect round-trip with progress; ends by itself.
+demo: build
+	$(NODE) dist/test/support/demo.js
+
+bench: build
+	$(NODE) dist/bench/agent-rss.js
+	$(NODE) dist/bench/fleet-reconnect.js
+
+clean:
+	rm -rf dist build

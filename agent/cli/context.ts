@@ -1,0 +1,34 @@
+import { effectiveLogLevel, loadConfig, type LoadedConfig } from '../config/load.js';
+import { AgentError } from '../util/errors.js';
+import { createLogger, type LogForwarder, type Logger } from '../util/logger.js';
+
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_USAGE = 2;
+
+export interface CliContext {
+  loaded: LoadedConfig;
+  logger: Logger;
+}
+
+/**
+ * Loads configuration and a logger for one CLI verb, and reports what the kernel command line
+ * had wrong exactly once.
+ */
+export const prepare = async (
+  flags: Record<string, unknown>,
+  options: { stream: 'stdout' | 'stderr'; forwarder?: LogForwarder },
+): Promise<CliContext> => {
+  const loaded = await loadConfig({ flags });
+  const logger = createLogger({
+    level: effectiveLogLevel(loaded.config),
+    stream: options.stream,
+    forwarder: options.forwarder,
+  });
+  for (const notice of loaded.notices) logger[notice.level]({ arg: notice.arg }, notice.msg);
+  return { loaded, logger };
+};
+
+/** Turns an error escaping a verb into a message and the exit code the CLI promises. */
+export const exitCodeFor = (error: unknown): number =>
+  AgentError.is(error) && error.code === 'INVALID_CONFIG' ? EXIT_USAGE : EXIT_FAILED;

@@ -1,0 +1,72 @@
+import { buildRegistry } from '../commands/catalog.js';
+import { EXIT_OK, prepare } from './context.js';
+import { formatBytes, renderTable } from './format.js';
+import { runLocally } from './local-run.js';
+
+interface InventoryView {
+  cpu?: { model_name?: unknown; count?: unknown; architecture?: unknown; frequency?: unknown };
+  memory?: { total?: unknown; physical_mb?: unknown };
+  disks?: Array<Record<string, unknown>>;
+  interfaces?: Array<Record<string, unknown>>;
+  system_vendor?: { manufacturer?: unknown; product_name?: unknown; serial_number?: unknown };
+  boot?: { current_boot_mode?: unknown; pxe_interface?: unknown };
+  hostname?: unknown;
+  bmc_address?: unknown;
+}
+
+const text = (value: unknown): string | null =>
+  value === null || value === undefined || value === '' ? null : String(value);
+const num = (value: unknown): number | null => (typeof value === 'number' ? value : null);
+
+export const renderInventory = (inventory: InventoryView): string => {
+  const system = inventory.system_vendor ?? {};
+  const lines = [
+    `host      ${text(inventory.hostname) ?? '-'}`,
+    `system    ${[system.manufacturer, system.product_name].map(text).filter(Boolean).join(' ') || '-'} (serial ${text(system.serial_number) ?? '-'})`,
+    `cpu       ${text(inventory.cpu?.count) ?? '?'} x ${text(inventory.cpu?.model_name) ?? '?'} (${text(inventory.cpu?.architecture) ?? '?'})`,
+    `memory    ${formatBytes(num(inventory.memory?.total))} (physical ${text(inventory.memory?.physical_mb) ?? '?'} MB)`,
+    `boot      ${text(inventory.boot?.current_boot_mode) ?? '-'}, PXE interface ${text(inventory.boot?.pxe_interface) ?? '-'}`,
+    `bmc       ${text(inventory.bmc_address) ?? '-'}`,
+    '',
+    renderTable(
+      ['DISK', 'SIZE', 'MODEL', 'SERIAL', 'ROTATIONAL'],
+      (inventory.disks ?? []).map((disk) => [
+        text(disk.name),
+        formatBytes(num(disk.size)),
+        text(disk.model),
+        text(disk.serial),
+        text(disk.rotational),
+      ]),
+    ),
+    '',
+    renderTable(
+      ['NIC', 'MAC', 'IPV4', 'CARRIER', 'SPEED'],
+      (inventory.interfaces ?? []).map((nic) => [
+        text(nic.name),
+        text(nic.mac_address),
+        text(nic.ipv4_address),
+        text(nic.has_carrier),
+        num(nic.speed_mbps) === null ? null : `${String(nic.speed_mbps)} Mb/s`,
+      ]),
+    ),
+  ];
+  return `${lines.join('\n')}\n`;
+};
+
+export const runInventory = async (flags: Record<string, unknown>): Promise<number> => {
+  const { loaded, logger } = await prepare(flags, { stream: 'stderr' });
+  const json = flags.json === true;
+  const params: Record<string, unknown> = {};
+  if (flags.lldp === true || loaded.config.collectLldp) params.lldp = true;
+  const { exitCode, record } = await runLocally(
+    buildRegistry(loaded.config, logger),
+    logger,
+    'inventory.collect',
+    params,
+    { json },
+  );
+  if (exitCode !== EXIT_OK || !record) return exitCode;
+  const inventory = (record.result?.inventory ?? {}) as InventoryView;
+  process.stdout.write(json ? `${JSON.stringify(record.result, null, 2)}\n` : renderInventory(inventory));
+  return EXIT_OK;
+};

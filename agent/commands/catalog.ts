@@ -1,0 +1,23 @@
+import type { Config } from '../config/options.js';
+import { createPowerBackend } from '../hardware/generic/power.js';
+import type { HardwarePaths } from '../hardware/paths.js';
+import type { Logger } from '../util/logger.js';
+import { inventoryCommands } from './inventory.js';
+import { CommandRegistry } from './registry.js';
+import { systemCommands } from './system.js';
+
+export const hardwarePaths = (config: Config): HardwarePaths => ({
+  sys: config.sysRoot,
+  dev: config.devRoot,
+  proc: config.procRoot,
+});
+
+/** Every command the agent offers, whatever front door calls it. */
+export const buildRegistry = (config: Config, logger: Logger): CommandRegistry => {
+  const paths = hardwarePaths(config);
+  const power = createPowerBackend(config.powerBackend, { paths, logger });
+  return new CommandRegistry().register(
+    ...systemCommands({ power }),
+    ...inventoryCommands({ paths, bootif: config.bootif }),
+  );
+};

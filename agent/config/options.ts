@@ -1,0 +1,275 @@
+import {
+  enumParser,
+  numberParser,
+  parseBool,
+  parseMac,
+  parsePath,
+  parsePin,
+  parseUuid,
+  urlParser,
+} from './parsers.js';
+
+export const POWER_BACKENDS = ['command', 'sysrq', 'none'] as const;
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
+
+export interface Config {
+  conductorUrl: string | null;
+  conductorCa: string | null;
+  conductorPin: string | null;
+  insecure: boolean;
+  debug: boolean;
+  logLevel: (typeof LOG_LEVELS)[number] | null;
+  bootif: string | null;
+  nodeUuid: string | null;
+  collectLldp: boolean;
+  lldpTimeoutS: number;
+  ironicApiUrl: string | null;
+  inspectionCallbackUrl: string | null;
+  powerBackend: (typeof POWER_BACKENDS)[number];
+  pingIntervalS: number;
+  pongTimeoutS: number;
+  backoffMinS: number;
+  backoffMaxS: number;
+  sysRoot: string;
+  devRoot: string;
+  procRoot: string;
+}
+
+export type ConfigKey = keyof Config;
+
+export interface OptionSpec<K extends ConfigKey = ConfigKey> {
+  key: K;
+  /** Kernel arguments that set it; IPA's names keep IPA's meaning. */
+  kernel: string[];
+  env: string | null;
+  flag: string | null;
+  parse: (raw: string | boolean) => NonNullable<Config[K]>;
+  default: Config[K];
+  describe: string;
+  boolean?: boolean;
+}
+
+const option = <K extends ConfigKey>(spec: OptionSpec<K>): OptionSpec => spec as unknown as OptionSpec;
+
+/** Every setting, where it may come from, and what it means: the README table is made from this. */
+export const OPTIONS: OptionSpec[] = [
+  option({
+    key: 'conductorUrl',
+    kernel: ['bma-conductor-url'],
+    env: 'BMA_CONDUCTOR_URL',
+    flag: 'conductor-url',
+    parse: urlParser(['ws', 'wss']),
+    default: null,
+    describe: 'WebSocket URL of the conductor (ws:// only with insecure)',
+  }),
+  option({
+    key: 'conductorCa',
+    kernel: ['bma-conductor-ca'],
+    env: 'BMA_CONDUCTOR_CA',
+    flag: 'conductor-ca',
+    parse: parsePath,
+    default: null,
+    describe: 'CA bundle (PEM) that verifies the conductor',
+  }),
+  option({
+    key: 'conductorPin',
+    kernel: ['bma-conductor-pin'],
+    env: 'BMA_CONDUCTOR_PIN',
+    flag: 'conductor-pin',
+    parse: parsePin,
+    default: null,
+    describe: "sha256/<base64> pin of the conductor certificate's public key (SPKI)",
+  }),
+  option({
+    key: 'insecure',
+    kernel: ['ipa-insecure'],
+    env: 'BMA_INSECURE',
+    flag: 'insecure',
+    parse: parseBool,
+    default: false,
+    boolean: true,
+    describe: 'allow ws:// and unverified wss:// (logged as a warning at every connect)',
+  }),
+  option({
+    key: 'debug',
+    kernel: ['ipa-debug'],
+    env: 'BMA_DEBUG',
+    flag: 'debug',
+    parse: parseBool,
+    default: false,
+    boolean: true,
+    describe: 'log at debug level',
+  }),
+  option({
+    key: 'logLevel',
+    kernel: ['bma-log-level'],
+    env: 'BMA_LOG_LEVEL',
+    flag: 'log-level',
+    parse: enumParser(LOG_LEVELS),
+    default: null,
+    describe: 'log level; overrides debug',
+  }),
+  option({
+    key: 'bootif',
+    kernel: ['BOOTIF'],
+    env: 'BMA_BOOTIF',
+    flag: 'bootif',
+    parse: parseMac,
+    default: null,
+    describe: 'MAC of the interface the node PXE-booted from (01-aa-bb-... accepted)',
+  }),
+  option({
+    key: 'nodeUuid',
+    kernel: ['bma-node-uuid'],
+    env: 'BMA_NODE_UUID',
+    flag: 'node-uuid',
+    parse: parseUuid,
+    default: null,
+    describe: 'node UUID to announce in hello, when the conductor already knows it',
+  }),
+  option({
+    key: 'collectLldp',
+    kernel: ['ipa-collect-lldp'],
+    env: 'BMA_COLLECT_LLDP',
+    flag: 'collect-lldp',
+    parse: parseBool,
+    default: false,
+    boolean: true,
+    describe: 'collect LLDP with every inventory',
+  }),
+  option({
+    key: 'lldpTimeoutS',
+    kernel: ['ipa-lldp-timeout'],
+    env: 'BMA_LLDP_TIMEOUT',
+    flag: 'lldp-timeout',
+    parse: numberParser(0, 600),
+    default: 30,
+    describe: 'seconds to wait for LLDP frames',
+  }),
+  option({
+    key: 'ironicApiUrl',
+    kernel: ['ipa-api-url'],
+    env: 'BMA_IPA_API_URL',
+    flag: 'ipa-api-url',
+    parse: urlParser(['http', 'https']),
+    default: null,
+    describe: 'Ironic API URL (the ironic-python-agent compatible front door)',
+  }),
+  option({
+    key: 'inspectionCallbackUrl',
+    kernel: ['ipa-inspection-callback-url'],
+    env: 'BMA_IPA_INSPECTION_CALLBACK_URL',
+    flag: 'ipa-inspection-callback-url',
+    parse: urlParser(['http', 'https']),
+    default: null,
+    describe: 'ironic-inspector callback URL',
+  }),
+  option({
+    key: 'powerBackend',
+    kernel: ['bma-power-backend'],
+    env: 'BMA_POWER_BACKEND',
+    flag: 'power-backend',
+    parse: enumParser(POWER_BACKENDS),
+    default: 'command',
+    describe: 'how power actions happen: command (poweroff -f / reboot -f), sysrq, or none (log only)',
+  }),
+  option({
+    key: 'pingIntervalS',
+    kernel: ['bma-ping-interval'],
+    env: 'BMA_PING_INTERVAL',
+    flag: 'ping-interval',
+    parse: numberParser(0.05, 300),
+    default: 15,
+    describe: 'seconds between WebSocket pings',
+  }),
+  option({
+    key: 'pongTimeoutS',
+    kernel: ['bma-pong-timeout'],
+    env: 'BMA_PONG_TIMEOUT',
+    flag: 'pong-timeout',
+    parse: numberParser(0.1, 600),
+    default: 30,
+    describe: 'seconds without a pong before the connection counts as dead',
+  }),
+  option({
+    key: 'backoffMinS',
+    kernel: ['bma-backoff-min'],
+    env: 'BMA_BACKOFF_MIN',
+    flag: 'backoff-min',
+    parse: numberParser(0.01, 600),
+    default: 1,
+    describe: 'first reconnect backoff ceiling in seconds (full jitter)',
+  }),
+  option({
+    key: 'backoffMaxS',
+    kernel: ['bma-backoff-max'],
+    env: 'BMA_BACKOFF_MAX',
+    flag: 'backoff-max',
+    parse: numberParser(0.01, 3600),
+    default: 60,
+    describe: 'largest reconnect backoff in seconds',
+  }),
+  option({
+    key: 'sysRoot',
+    kernel: [],
+    env: 'BMA_SYS',
+    flag: 'sys-root',
+    parse: parsePath,
+    default: '/sys',
+    describe: 'where sysfs is (tests point it at a prepared tree)',
+  }),
+  option({
+    key: 'devRoot',
+    kernel: [],
+    env: 'BMA_DEV',
+    flag: 'dev-root',
+    parse: parsePath,
+    default: '/dev',
+    describe: 'where device nodes are',
+  }),
+  option({
+    key: 'procRoot',
+    kernel: [],
+    env: 'BMA_PROC',
+    flag: 'proc-root',
+    parse: parsePath,
+    default: '/proc',
+    describe: 'where procfs is (boot_id, sysrq-trigger)',
+  }),
+];
+
+/**
+ * ironic-python-agent arguments that Ironic's boot templates pass but bm-agent does not act on;
+ * they are noted at debug level rather than warned about on every boot.
+ */
+export const IPA_ARGS_NOT_USED = new Set([
+  'ipa-global-request-id',
+  'ipa-agent-token',
+  'ipa-agent-token-required',
+  'ipa-lookup-timeout',
+  'ipa-lookup-interval',
+  'ipa-inspection-collectors',
+  'ipa-inspection-dhcp-wait-timeout',
+  'ipa-inspection-dhcp-all-interfaces',
+  'ipa-inspection-benchmarks',
+  'ipa-listen-host',
+  'ipa-listen-port',
+  'ipa-advertise-host',
+  'ipa-advertise-port',
+  'ipa-advertise-protocol',
+  'ipa-hardware-initialization-delay',
+  'ipa-disk-wait-attempts',
+  'ipa-disk-wait-delay',
+  'ipa-image-download-connection-timeout',
+  'ipa-image-download-connection-retries',
+  'ipa-image-download-connection-retry-interval',
+  'ipa-ironic-api-version',
+  'ipa-enable-vlan-interfaces',
+  'ipa-ignore-bootloader-failure',
+  'ipa-inject-files-priority',
+  'ipa-guard-special-filesystems',
+  'ipa-ntp-server',
+  'ipa-network-interface',
+  'ipa-ip-lookup-attempts',
+  'ipa-ip-lookup-timeout',
+]);

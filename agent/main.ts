@@ -1,0 +1,81 @@
+#!/usr/bin/env node
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { EXIT_USAGE, exitCodeFor } from './cli/context.js';
+import { runInventory } from './cli/inventory.js';
+import { runListCommands } from './cli/list-commands.js';
+import { runDaemon } from './cli/run.js';
+import { runShowConfig } from './cli/show-config.js';
+import { OPTIONS } from './config/options.js';
+import { errorMessage } from './util/errors.js';
+import { AGENT_VERSION } from './version.js';
+
+type Verb = (flags: Record<string, unknown>) => Promise<number>;
+
+/** Every setting is also a flag; values are checked by the config layer so errors read the same everywhere. */
+const withSettings = (argv: Argv): Argv => {
+  let configured = argv.option('cmdline', {
+    type: 'string',
+    describe: 'read kernel arguments from FILE instead of /proc/cmdline',
+    group: 'Settings:',
+  });
+  for (const spec of OPTIONS) {
+    if (!spec.flag) continue;
+    configured = configured.option(spec.flag, {
+      type: spec.boolean ? 'boolean' : 'string',
+      describe: spec.describe,
+      group: 'Settings:',
+    });
+  }
+  return configured;
+};
+
+const invoke = (verb: Verb) => async (flags: Record<string, unknown>) => {
+  try {
+    process.exitCode = await verb(flags);
+  } catch (error) {
+    process.stderr.write(`bm-agent: ${errorMessage(error)}\n`);
+    process.exitCode = exitCodeFor(error);
+  }
+};
+
+await withSettings(
+  yargs(hideBin(process.argv))
+    .scriptName('bm-agent')
+    .usage(
+      '$0 <command> [options]\n\nBare-metal ramdisk agent: inventory, disk imaging and BlueField DPU set-up, driven by a conductor.',
+    )
+    .command('run', 'connect to the conductor and serve it (the daemon)', (y) => y, invoke(runDaemon))
+    .command(
+      'inventory',
+      'collect and print the hardware inventory',
+      (y) =>
+        y
+          .option('json', { type: 'boolean', describe: 'print the inventory as JSON' })
+          .option('lldp', { type: 'boolean', describe: 'include LLDP neighbours' }),
+      invoke(runInventory),
+    )
+    .command(
+      'commands',
+      'list the commands a conductor can run',
+      (y) => y.option('json', { type: 'boolean' }),
+      invoke(runListCommands),
+    )
+    .command(
+      'config',
+      'show the settings in force and where each came from',
+      (y) => y.option('json', { type: 'boolean' }),
+      invoke(runShowConfig),
+    )
+    .demandCommand(1, 'name a command')
+    .strict()
+    .version(AGENT_VERSION)
+    .help()
+    .alias('help', 'h')
+    .wrap(Math.min(110, process.stdout.columns || 110))
+    .fail((message, error) => {
+      if (error) throw error;
+      process.stderr.write(`bm-agent: ${message}\nRun bm-agent --help for usage.\n`);
+      process.exit(EXIT_USAGE);
+    }),
+).parseAsync();
