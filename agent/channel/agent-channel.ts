@@ -45,6 +45,16 @@ export interface ChannelOptions {
   random?: () => number;
 }
 
+/** Any JSON-RPC frame the agent writes. */
+interface OutgoingFrame {
+  jsonrpc: '2.0';
+  id?: RpcId;
+  method?: string;
+  params?: unknown;
+  result?: unknown;
+  error?: { code: number; message: string; data?: unknown };
+}
+
 interface Answer {
   result?: unknown;
   error?: { code: number; message: string; data?: unknown };
@@ -86,10 +96,11 @@ export class AgentChannel {
   private nodeUuid: string | null;
   private heartbeatIntervalMs = 10_000;
   private heartbeatSeq = 0;
-  private readonly startedAt = Date.now();
   private connectedSince: Date | null = null;
   private lastError: string | null = null;
   private lastDisconnect: string | null = null;
+  /** A specific reason this connection attempt was refused, which later generic errors must not hide. */
+  private refusal: string | null = null;
   private reconnects = 0;
   /** Results sent on the current connection and not yet acknowledged, so none goes out twice. */
   private inflightResults = new Set<string>();
@@ -145,14 +156,14 @@ export class AgentChannel {
     void this.connect();
   }
 
+  /** Closes the connection politely (1001, going away) so the conductor can tell a stop from a crash. */
   async stop(): Promise<void> {
     this.setState('stopped');
     for (const off of this.unsubscribe.splice(0)) off();
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     const ws = this.ws;
-    this.teardown();
-    if (ws && ws.readyState !== WebSocket.CLOSED) {
+    if (ws && ws.readyState === WebSocket.OPEN) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           ws.terminate();
@@ -165,6 +176,8 @@ export class AgentChannel {
         ws.close(1001, 'agent stopping');
       });
     }
+    this.teardown();
+    if (ws && ws.readyState !== WebSocket.CLOSED) ws.terminate();
   }
 
   private stopped(): boolean {
@@ -200,12 +213,14 @@ export class AgentChannel {
       perMessageDeflate: false,
     });
     this.ws = ws;
+    this.refusal = null;
     ws.on('upgrade', (response: IncomingMessage) => {
       if (!pin || !isSecureUrl(url)) return;
       try {
         verifyPin(response.socket as TLSSocket, pin);
       } catch (error) {
-        this.lastError = errorMessage(error);
+        this.refusal = describeChannelError(error);
+        this.lastError = this.refusal;
         logger.error({ err: error }, 'refusing the conductor');
         ws.terminate();
       }
@@ -217,7 +232,7 @@ export class AgentChannel {
       this.pongTimer = null;
     });
     ws.on('error', (error) => {
-      this.lastError = errorMessage(error);
+      this.lastError = this.refusal ?? errorMessage(error);
       logger.warn(
         { err: { message: error.message, code: (error as { code?: unknown }).code } },
         'conductor connection error',
@@ -226,7 +241,7 @@ export class AgentChannel {
     ws.on('close', (code, reason) => {
       if (ws !== this.ws) return;
       const why = reason.length > 0 ? reason.toString() : (this.lastError ?? `code ${code}`);
-      this.lastDisconnect = `${new Date().toISOString()} ${why} (code ${code})`;
+      this.lastDisconnect = `${new Date().toISOString()} ${why}${why.includes(String(code)) ? '' : ` (code ${code})`}`;
       logger.info({ code, reason: why }, 'conductor connection closed');
       this.teardown();
       this.scheduleReconnect();
@@ -379,22 +394,65 @@ export class AgentChannel {
     this.send(this.ws, { jsonrpc: '2.0', method, params });
   }
 
-  private send(ws: WebSocket, message: unknown): boolean {
+  /**
+   * Sends one frame. A frame the conductor would refuse (over the size limit, or not serialisable)
+   * is never sent: a reply becomes an error reply, anything else is logged and dropped.
+   */
+  private send(ws: WebSocket, message: OutgoingFrame): boolean {
     if (ws.readyState !== WebSocket.OPEN) return false;
+    let text: string;
     try {
-      ws.send(JSON.stringify(message));
-      return true;
+      text = JSON.stringify(message);
     } catch (error) {
-      this.options.logger.error({ err: error }, 'cannot send a frame to the conductor');
-      return false;
+      this.options.logger.error(
+        { err: error, method: message.method },
+        'cannot serialise a frame for the conductor',
+      );
+      return this.sendTooLarge(ws, message, 'cannot be serialised');
     }
+    if (Buffer.byteLength(text) > MAX_FRAME_BYTES) {
+      this.options.logger.error(
+        { method: message.method, bytes: Buffer.byteLength(text) },
+        'frame over the 16 MiB limit not sent',
+      );
+      return this.sendTooLarge(ws, message, `is over the ${MAX_FRAME_BYTES} byte frame limit`);
+    }
+    ws.send(text);
+    return true;
+  }
+
+  private sendTooLarge(ws: WebSocket, message: OutgoingFrame, why: string): boolean {
+    if (message.method === 'command.result') {
+      const record = message.params as CommandRecord;
+      // The outcome must still reach the conductor, so the record goes without its payload.
+      const reduced: CommandRecord = {
+        ...record,
+        params: {},
+        status: 'FAILED',
+        result: null,
+        error: {
+          code: 'RESULT_TOO_LARGE',
+          message: `the result of ${record.command_id} ${why}; see the agent log`,
+          details: { original_status: record.status },
+        },
+      };
+      return this.send(ws, { ...message, params: reduced });
+    }
+    if (message.method === undefined && 'result' in message) {
+      return this.send(ws, {
+        jsonrpc: '2.0',
+        id: message.id ?? null,
+        error: { code: RpcErrorCode.INTERNAL_ERROR, message: `the reply ${why}` },
+      });
+    }
+    return false;
   }
 
   private sendHeartbeat(): void {
     const running = this.options.engine.running();
     const params: HeartbeatParams = {
       seq: this.heartbeatSeq,
-      uptime_s: Math.round((Date.now() - this.startedAt) / 100) / 10,
+      uptime_s: Math.round(process.uptime() * 10) / 10,
       busy: this.options.engine.busy(),
       running,
     };
@@ -495,7 +553,8 @@ export class AgentChannel {
             code: RpcErrorCode.INVALID_PARAMS,
             message: `invalid params for ${name}: ${rejection.violation.field} ${rejection.violation.expected}`,
             data: {
-              field: `params.${rejection.violation.field}`.replace(/^params\.params/, 'params'),
+              // The full path from the request: a command param called `name` is not command.run's own name.
+              field: `params.${rejection.violation.field}`,
               expected: rejection.violation.expected,
             },
           });

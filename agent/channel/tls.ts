@@ -58,14 +58,15 @@ export const spkiPin = (publicKeyDer: Buffer): string =>
 
 /** Compares the server's public key with the pin; throws TLS_PIN_MISMATCH naming both. */
 export const verifyPin = (socket: TLSSocket, pin: string): void => {
-  const certificate = socket.getPeerCertificate();
-  const pubkey = (certificate as { pubkey?: Buffer }).pubkey;
-  if (!pubkey)
+  // getPeerCertificate().pubkey is the bare point for EC keys, not the SPKI that a pin hashes.
+  const certificate = socket.getPeerX509Certificate();
+  if (!certificate) {
     throw new AgentError(
       'TLS_PIN_MISMATCH',
       'the conductor presented no certificate to check the pin against',
     );
-  const actual = spkiPin(pubkey);
+  }
+  const actual = spkiPin(certificate.publicKey.export({ type: 'spki', format: 'der' }));
   if (actual !== pin) {
     throw new AgentError(
       'TLS_PIN_MISMATCH',

@@ -1,5 +1,10 @@
-import { validate, type SchemaViolation } from '../protocol/validate.js';
-import type { CommandRecord, ProgressParams } from '../protocol/schema.js';
+import { nestingDepth, validate, type SchemaViolation } from '../protocol/validate.js';
+import {
+  MAX_PARAMS_BYTES,
+  MAX_PARAMS_DEPTH,
+  type CommandRecord,
+  type ProgressParams,
+} from '../protocol/schema.js';
 import { AgentError, CancelledError, serializeError } from '../util/errors.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { rfc3339 } from '../util/time.js';
@@ -97,6 +102,8 @@ export class CommandEngine {
     if (!definition)
       return { ok: false, rejection: { kind: 'unknown_command', name, known: this.registry.names() } };
 
+    const bounds = checkBounds(params ?? {});
+    if (bounds) return { ok: false, rejection: { kind: 'invalid_params', violation: bounds } };
     const checked = validate(definition.params, params ?? {});
     if (!checked.ok)
       return { ok: false, rejection: { kind: 'invalid_params', violation: checked.violation } };
@@ -317,6 +324,17 @@ export class CommandEngine {
     }
   }
 }
+
+/** Params are kept in the record and sent back with every result, so their size is bounded. */
+const checkBounds = (params: unknown): SchemaViolation | null => {
+  if (nestingDepth(params, MAX_PARAMS_DEPTH) > MAX_PARAMS_DEPTH) {
+    return { field: 'params', expected: `at most ${MAX_PARAMS_DEPTH} levels of nesting` };
+  }
+  if (Buffer.byteLength(JSON.stringify(params)) > MAX_PARAMS_BYTES) {
+    return { field: 'params', expected: `at most ${MAX_PARAMS_BYTES / 1024} KiB of JSON` };
+  }
+  return null;
+};
 
 const isAbortError = (error: unknown): boolean =>
   error instanceof Error &&

@@ -16,9 +16,21 @@ export const RpcErrorCode = {
   UNKNOWN_COMMAND: -32000,
   BUSY: -32001,
   UNKNOWN_COMMAND_ID: -32002,
+  /** JSON-RPC's own code, used only when a reply could not be sent as it was (over the frame limit). */
+  INTERNAL_ERROR: -32603,
 } as const;
 
-const RpcId = Type.Union([Type.String({ maxLength: 256 }), Type.Integer(), Type.Null()]);
+const RpcId = Type.Union([
+  Type.String({ maxLength: 256 }),
+  // Beyond 2^53 an id cannot be echoed back exactly, so such a request is not accepted at all.
+  Type.Integer({ minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER }),
+  Type.Null(),
+]);
+
+/** The largest command params accepted: they are kept in the record and sent back with the result. */
+export const MAX_PARAMS_BYTES = 256 * 1024;
+/** Deeper nesting than this in params is refused: nothing legitimate needs it, and it breaks serialisers. */
+export const MAX_PARAMS_DEPTH = 32;
 
 /** The envelope of any frame: a request, a notification or a response to one of ours. */
 export const RpcRequest = Type.Object({

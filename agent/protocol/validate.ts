@@ -36,6 +36,26 @@ const toField = (root: string, pointer: string): string => {
   return [root, ...parts].filter((part) => part !== '').join('.');
 };
 
+// Field names come from the sender; a huge one must not make the error reply huge.
+const clip = (text: string, max = 200): string => (text.length > max ? `${text.slice(0, max)}…` : text);
+
+/**
+ * How deep a JSON value nests, counted without recursion so a hostile value cannot overflow the
+ * stack; stops counting once past `limit`.
+ */
+export const nestingDepth = (value: unknown, limit: number): number => {
+  let deepest = 0;
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length > 0) {
+    const [current, depth] = stack.pop() as [unknown, number];
+    if (typeof current !== 'object' || current === null) continue;
+    deepest = Math.max(deepest, depth);
+    if (deepest > limit) return deepest;
+    for (const child of Object.values(current)) stack.push([child, depth + 1]);
+  }
+  return deepest;
+};
+
 /** Checks untrusted input against a schema and says which field is wrong and what was expected. */
 export const validate = <T extends TSchema>(
   schema: T,
@@ -46,5 +66,8 @@ export const validate = <T extends TSchema>(
   if (check.Check(value)) return { ok: true, value: value as Static<T> };
   const first = check.Errors(value).First();
   if (!first) return { ok: false, violation: { field: root, expected: 'a valid value' } };
-  return { ok: false, violation: { field: toField(root, first.path) || root, expected: first.message } };
+  return {
+    ok: false,
+    violation: { field: clip(toField(root, first.path) || root), expected: first.message },
+  };
 };

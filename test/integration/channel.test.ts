@@ -39,7 +39,7 @@ describe('hello, token and heartbeats', () => {
     assert.equal(hello.params.token, null, 'no token on the first connection of a boot');
     assert.deepEqual(hello.params.macs, ['52:54:00:12:34:56']);
     assert.equal(hello.params.bootif, '52:54:00:12:34:56');
-    assert.deepEqual(hello.params.capabilities, ['test.echo', 'test.gated', 'test.steps']);
+    assert.deepEqual(hello.params.capabilities, ['test.big', 'test.echo', 'test.gated', 'test.steps']);
     const firstFrame = conductor.events.find((event) => event.dir === 'in');
     assert.equal((firstFrame?.frame as { method?: string }).method, 'hello');
 
@@ -201,13 +201,14 @@ describe('commands over the channel', () => {
     const unknown = await conductor.runCommand('disk.format_everything', {}, 'u1');
     assert.equal(unknown.error?.code, -32000);
     assert.deepEqual((unknown.error?.data as { known: string[] }).known, [
+      'test.big',
       'test.echo',
       'test.gated',
       'test.steps',
     ]);
     const badParams = await conductor.runCommand('test.echo', { value: 5 }, 'u2');
     assert.equal(badParams.error?.code, -32602);
-    assert.deepEqual(badParams.error?.data, { field: 'params.value', expected: 'Expected string' });
+    assert.deepEqual(badParams.error?.data, { field: 'params.params.value', expected: 'Expected string' });
     assert.equal((await conductor.call('command.explode', {})).error?.code, -32601);
     assert.equal((await conductor.call('command.status', { command_id: 7 })).error?.code, -32602);
 

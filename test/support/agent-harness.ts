@@ -68,6 +68,16 @@ export const testRegistry = (gates: ReturnType<typeof createGates>): CommandRegi
       handler: async (params) => ({ echo: params.value ?? null }),
     }),
     defineCommand({
+      name: 'test.big',
+      summary: 'read-only; returns a result of the given size, to test the frame limit on the way out',
+      exclusive: false,
+      params: Type.Object(
+        { mib: Type.Integer({ minimum: 1, maximum: 64 }) },
+        { additionalProperties: false },
+      ),
+      handler: async (params) => ({ blob: 'b'.repeat(params.mib * 1024 * 1024) }),
+    }),
+    defineCommand({
       name: 'test.steps',
       summary: 'read-only; reports progress for a while',
       exclusive: false,
