@@ -6,15 +6,14 @@
 const kAgentError = Symbol.for('bm-agent.error');
 
 export const ERROR_CODES = {
-  INVALID_PARAMS: 'the params of a command do not match its schema',
+  INVALID_PARAMS: 'the params of a command are well-formed but cannot be carried out as given',
   INVALID_CONFIG: 'a flag or environment variable is malformed',
-  COMMAND_FAILED: 'a command failed for a reason without a more specific code',
   CANCELLED: 'the command was cancelled',
   TOOL_NOT_FOUND: 'a required program is not on PATH',
   TOOL_FAILED: 'a program exited non-zero, was killed or timed out',
   POWER_ACTION_FAILED: 'the power backend could not carry out the action',
   INVENTORY_FAILED: 'the hardware inventory could not be collected',
-  CONDUCTOR_REJECTED: 'the conductor refused the hello',
+  RESULT_TOO_LARGE: 'the result would not fit in one 16 MiB frame; the record went without it',
   TLS_PIN_MISMATCH: "the conductor's public key does not match the configured pin",
   INTERNAL: 'a bug in the agent: report it with the logs',
 } as const;
