@@ -234,7 +234,7 @@ export class AgentChannel {
     ws.on('error', (error) => {
       this.lastError = this.refusal ?? errorMessage(error);
       logger.warn(
-        { err: { message: error.message, code: (error as { code?: unknown }).code } },
+        { error: error.message, code: (error as { code?: unknown }).code },
         'conductor connection error',
       );
     });

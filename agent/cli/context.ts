@@ -20,8 +20,11 @@ export const prepare = async (
   options: { stream: 'stdout' | 'stderr'; forwarder?: LogForwarder },
 ): Promise<CliContext> => {
   const loaded = await loadConfig({ flags });
+  const { config, sources } = loaded;
+  // At a console a local verb's own output is the answer; routine info lines would only bury it.
+  const chosen = sources.logLevel !== 'default' || sources.debug !== 'default';
   const logger = createLogger({
-    level: effectiveLogLevel(loaded.config),
+    level: options.stream === 'stderr' && !chosen ? 'warn' : effectiveLogLevel(config),
     stream: options.stream,
     forwarder: options.forwarder,
   });
