@@ -1,5 +1,5 @@
 import { Type } from '@sinclair/typebox';
-import { collectInventory } from '../hardware/generic/inventory.js';
+import { collectInventory } from '../hardware/generic/inventory/index.js';
 import type { HardwarePaths } from '../hardware/paths.js';
 import { defineCommand, type AnyCommandDefinition } from './definition.js';
 
