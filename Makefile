@@ -41,7 +41,10 @@ test-integration: build
 demo: build
 	$(NODE) dist/test/support/demo.js
 
+# Each prints its figures next to the plain tools measured in the same run (see bench/README.md).
 bench: build
+	$(NODE) dist/bench/inventory.js
+	$(NODE) dist/bench/lldp.js
 	$(NODE) dist/bench/agent-rss.js
 	$(NODE) dist/bench/fleet-reconnect.js
 

@@ -4,6 +4,7 @@ import { hideBin } from 'yargs/helpers';
 import { EXIT_USAGE, exitCodeFor } from './cli/context.js';
 import { runInventory } from './cli/inventory.js';
 import { runListCommands } from './cli/list-commands.js';
+import { runLldp } from './cli/lldp.js';
 import { runDaemon } from './cli/run.js';
 import { runShowConfig } from './cli/show-config.js';
 import { OPTIONS } from './config/options.js';
@@ -54,6 +55,24 @@ await withSettings(
           .option('json', { type: 'boolean', describe: 'print the inventory as JSON' })
           .option('lldp', { type: 'boolean', describe: 'include LLDP neighbours' }),
       invoke(runInventory),
+    )
+    .command(
+      'lldp',
+      'capture and print the LLDP neighbour of each interface',
+      (y) =>
+        y
+          .option('interface', {
+            type: 'string',
+            array: true,
+            requiresArg: true,
+            describe: 'listen on IF (repeatable; default: every physical NIC)',
+          })
+          .option('timeout', {
+            type: 'number',
+            describe: 'seconds to wait at most (default: --lldp-timeout)',
+          })
+          .option('json', { type: 'boolean', describe: 'print the result as JSON' }),
+      invoke(runLldp),
     )
     .command(
       'commands',

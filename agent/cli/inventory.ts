@@ -18,6 +18,30 @@ const text = (value: unknown): string | null =>
   value === null || value === undefined || value === '' ? null : String(value);
 const num = (value: unknown): number | null => (typeof value === 'number' ? value : null);
 
+/** The switch and port columns appear once LLDP was collected: that is what the cabling check needs. */
+const renderNics = (nics: Array<Record<string, unknown>>): string => {
+  const withLldp = nics.some((nic) => Array.isArray(nic.lldp));
+  const headers = ['NIC', 'MAC', 'IPV4', 'CARRIER', 'SPEED', ...(withLldp ? ['SWITCH', 'PORT'] : [])];
+  const rows = nics.map((nic) => {
+    const parsed = (nic.lldp_processed ?? {}) as Record<string, unknown>;
+    const row = [
+      text(nic.name),
+      text(nic.mac_address),
+      text(nic.ipv4_address),
+      text(nic.has_carrier),
+      num(nic.speed_mbps) === null ? null : `${String(nic.speed_mbps)} Mb/s`,
+    ];
+    if (!withLldp) return row;
+    const heard = Array.isArray(nic.lldp) && nic.lldp.length > 0;
+    return [
+      ...row,
+      heard ? (text(parsed.switch_system_name) ?? text(parsed.switch_chassis_id)) : 'no LLDP',
+      heard ? text(parsed.switch_port_id) : null,
+    ];
+  });
+  return renderTable(headers, rows);
+};
+
 export const renderInventory = (inventory: InventoryView): string => {
   const system = inventory.system_vendor ?? {};
   const lines = [
@@ -39,16 +63,7 @@ export const renderInventory = (inventory: InventoryView): string => {
       ]),
     ),
     '',
-    renderTable(
-      ['NIC', 'MAC', 'IPV4', 'CARRIER', 'SPEED'],
-      (inventory.interfaces ?? []).map((nic) => [
-        text(nic.name),
-        text(nic.mac_address),
-        text(nic.ipv4_address),
-        text(nic.has_carrier),
-        num(nic.speed_mbps) === null ? null : `${String(nic.speed_mbps)} Mb/s`,
-      ]),
-    ),
+    renderNics(inventory.interfaces ?? []),
   ];
   return `${lines.join('\n')}\n`;
 };

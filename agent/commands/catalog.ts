@@ -3,6 +3,7 @@ import { createPowerBackend } from '../hardware/generic/power.js';
 import type { HardwarePaths } from '../hardware/paths.js';
 import type { Logger } from '../util/logger.js';
 import { inventoryCommands } from './inventory.js';
+import { lldpCommands } from './lldp.js';
 import { CommandRegistry } from './registry.js';
 import { systemCommands } from './system.js';
 
@@ -10,6 +11,7 @@ export const hardwarePaths = (config: Config): HardwarePaths => ({
   sys: config.sysRoot,
   dev: config.devRoot,
   proc: config.procRoot,
+  run: config.runRoot,
 });
 
 /** Every command the agent offers, whatever front door calls it. */
@@ -18,6 +20,12 @@ export const buildRegistry = (config: Config, logger: Logger): CommandRegistry =
   const power = createPowerBackend(config.powerBackend, { paths, logger });
   return new CommandRegistry().register(
     ...systemCommands({ power }),
-    ...inventoryCommands({ paths, bootif: config.bootif }),
+    ...inventoryCommands({
+      paths,
+      bootif: config.bootif,
+      collectLldp: config.collectLldp,
+      lldpTimeoutS: config.lldpTimeoutS,
+    }),
+    ...lldpCommands({ paths, defaultTimeoutS: config.lldpTimeoutS }),
   );
 };

@@ -1,21 +1,43 @@
 import { Type } from '@sinclair/typebox';
-import { collectInventory } from '../hardware/generic/inventory/index.js';
+import { collectInventory, type Inventory } from '../hardware/generic/inventory/index.js';
 import type { HardwarePaths } from '../hardware/paths.js';
+import { collectLldp } from '../lldp/capture.js';
+import type { InterfaceLldp } from '../lldp/types.js';
 import { defineCommand, type AnyCommandDefinition } from './definition.js';
 
 export interface InventoryCommandDeps {
   paths: HardwarePaths;
   /** BOOTIF from the kernel command line, or null when the node did not PXE boot. */
   bootif: string | null;
+  /** `ipa-collect-lldp`: collect LLDP when the params do not say. */
+  collectLldp: boolean;
+  /** `ipa-lldp-timeout`, used when the params name no timeout. */
+  lldpTimeoutS: number;
 }
 
 const InventoryParams = Type.Object(
   {
     lldp: Type.Optional(Type.Boolean()),
-    lldp_timeout_s: Type.Optional(Type.Number({ minimum: 0, maximum: 600 })),
+    lldp_timeout_s: Type.Optional(Type.Number({ minimum: 0.1, maximum: 600 })),
   },
   { additionalProperties: false },
 );
+
+/**
+ * Puts each interface's first LLDP frame where IPA reports it (`lldp`, raw TLVs, `[]` when none
+ * came) and inspector's parsed fields beside it. Interfaces that were not listened on (VLANs,
+ * bonds) keep `lldp: null`.
+ */
+export const attachLldp = (inventory: Inventory, results: InterfaceLldp[]): Inventory => {
+  const byName = new Map(results.map((result) => [result.interface, result]));
+  return {
+    ...inventory,
+    interfaces: inventory.interfaces.map((nic) => {
+      const result = byName.get(nic.name);
+      return result ? { ...nic, lldp: result.tlvs, lldp_processed: result.parsed } : nic;
+    }),
+  };
+};
 
 export const inventoryCommands = (deps: InventoryCommandDeps): AnyCommandDefinition[] => [
   defineCommand({
@@ -24,17 +46,24 @@ export const inventoryCommands = (deps: InventoryCommandDeps): AnyCommandDefinit
     exclusive: false,
     params: InventoryParams,
     handler: async (params, context) => {
-      if (params.lldp) {
-        // Accepted so conductors can already ask for it; interfaces report lldp: null until it exists.
-        context.log.warn('LLDP collection is not implemented yet; interfaces report lldp: null');
-      }
+      const wantLldp = params.lldp ?? deps.collectLldp;
+      // LLDP waits on the wire while the rest reads sysfs: both start at once.
+      const lldp = wantLldp
+        ? collectLldp({
+            paths: deps.paths,
+            timeoutMs: (params.lldp_timeout_s ?? Math.max(0.1, deps.lldpTimeoutS)) * 1000,
+            signal: context.signal,
+            logger: context.log,
+          })
+        : null;
       const inventory = await collectInventory({
         paths: deps.paths,
         bootif: deps.bootif,
         signal: context.signal,
         progress: context.progress,
       });
-      return { inventory };
+      if (!lldp) return { inventory };
+      return { inventory: attachLldp(inventory, await lldp) };
     },
   }),
 ];

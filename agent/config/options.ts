@@ -33,6 +33,7 @@ export interface Config {
   sysRoot: string;
   devRoot: string;
   procRoot: string;
+  runRoot: string;
 }
 
 export type ConfigKey = keyof Config;
@@ -235,6 +236,15 @@ export const OPTIONS: OptionSpec[] = [
     parse: parsePath,
     default: '/proc',
     describe: 'where procfs is (boot_id, sysrq-trigger)',
+  }),
+  option({
+    key: 'runRoot',
+    kernel: [],
+    env: 'BMA_RUN',
+    flag: 'run-root',
+    parse: parsePath,
+    default: '/run',
+    describe: "where /run is (udev's database of disk serials and WWNs)",
   }),
 ];
 

@@ -13,6 +13,7 @@ export const ERROR_CODES = {
   TOOL_FAILED: 'a program exited non-zero, was killed or timed out',
   POWER_ACTION_FAILED: 'the power backend could not carry out the action',
   INVENTORY_FAILED: 'the hardware inventory could not be collected',
+  LLDP_CAPTURE_FAILED: 'LLDP collection could not start (the network interfaces could not be listed)',
   RESULT_TOO_LARGE: 'the result would not fit in one 16 MiB frame; the record went without it',
   TLS_PIN_MISMATCH: "the conductor's public key does not match the configured pin",
   INTERNAL: 'a bug in the agent: report it with the logs',

@@ -222,6 +222,7 @@ describe('the command line', () => {
       list.map((command) => [command.name, command.exclusive]),
       [
         ['inventory.collect', false],
+        ['lldp.collect', false],
         ['system.power_off', true],
         ['system.reboot', true],
         ['system.sync', true],

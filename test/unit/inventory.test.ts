@@ -932,7 +932,12 @@ describe('collectInventory with an injected process runner', () => {
 /* ================================================================= the command and the real machine */
 
 describe('inventory.collect command', () => {
-  const [definition] = inventoryCommands({ paths: DEFAULT_PATHS, bootif: null });
+  const [definition] = inventoryCommands({
+    paths: DEFAULT_PATHS,
+    bootif: null,
+    collectLldp: false,
+    lldpTimeoutS: 30,
+  });
 
   it('validates its params', () => {
     assert.ok(definition);

@@ -1,4 +1,4 @@
-import type { RawTlv } from '../../../lldp/types.js';
+import type { LldpParsed, RawTlv } from '../../../lldp/types.js';
 
 // The inventory keeps IPA's field names (snake_case) because ironic and inspector read it as is.
 // Values that cannot be read are null, never a guess.
@@ -46,6 +46,8 @@ export interface InterfaceInventory {
   has_carrier: boolean;
   /** Raw TLVs when LLDP was collected; the inventory part itself always leaves it null. */
   lldp: RawTlv[] | null;
+  /** ironic-inspector's lldp_basic fields from the same frame; present when LLDP was collected. */
+  lldp_processed?: LldpParsed | null;
   vendor: string | null;
   product: string | null;
   /** DHCP client identifier, InfiniBand only. */
