@@ -168,7 +168,9 @@ export class CommandEngine {
       const result = await call();
       if (controller.signal.aborted && result === undefined) throw new CancelledError();
       record.status = 'SUCCEEDED';
-      record.result = result ?? {};
+      // A JSON copy is what the conductor receives, and it holds no hidden references: a string
+      // sliced from a big file would otherwise keep the whole file alive for the rest of the boot.
+      record.result = detach(result ?? {});
     } catch (error) {
       const cancelled = controller.signal.aborted && (error instanceof CancelledError || isAbortError(error));
       record.status = cancelled ? 'CANCELLED' : 'FAILED';
@@ -334,6 +336,15 @@ const checkBounds = (params: unknown): SchemaViolation | null => {
     return { field: 'params', expected: `at most ${MAX_PARAMS_BYTES / 1024} KiB of JSON` };
   }
   return null;
+};
+
+const detach = (result: Record<string, unknown>): Record<string, unknown> => {
+  try {
+    return JSON.parse(JSON.stringify(result)) as Record<string, unknown>;
+  } catch {
+    // Not serialisable (a cycle, a BigInt): kept as is, and the channel reports it when sending.
+    return result;
+  }
 };
 
 const isAbortError = (error: unknown): boolean =>

@@ -1,6 +1,6 @@
 /** Runs the real agent binary (dist/agent/main.js) as a child process for integration tests and the demo. */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -58,7 +58,10 @@ export const spawnAgent = async (verb: string[], options: SpawnAgentOptions = {}
   });
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
+    child.once('exit', (code, signal) => {
+      void rm(path.dirname(cmdlinePath), { recursive: true, force: true });
+      resolve({ code, signal });
+    }),
   );
   return {
     child,
@@ -93,5 +96,6 @@ export const runCli = async (
   const code = await new Promise<number | null>((resolve) =>
     child.once('exit', (exitCode) => resolve(exitCode)),
   );
+  await rm(path.dirname(cmdlinePath), { recursive: true, force: true });
   return { code, stdout, stderr };
 };
