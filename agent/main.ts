@@ -2,6 +2,8 @@
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { EXIT_USAGE, exitCodeFor } from './cli/context.js';
+import { runDiskEraseMetadata } from './cli/disk.js';
+import { runImageWrite } from './cli/image.js';
 import { runInventory } from './cli/inventory.js';
 import { runListCommands } from './cli/list-commands.js';
 import { runLldp } from './cli/lldp.js';
@@ -73,6 +75,68 @@ await withSettings(
           })
           .option('json', { type: 'boolean', describe: 'print the result as JSON' }),
       invoke(runLldp),
+    )
+    .command('disk', 'disk maintenance', (y) =>
+      y
+        .command(
+          'erase-metadata',
+          'wipe partition-table and filesystem signatures at both ends of one disk',
+          (z) =>
+            z
+              .option('device', {
+                type: 'string',
+                requiresArg: true,
+                describe: 'the whole disk, e.g. /dev/sda',
+              })
+              .option('hint', {
+                type: 'string',
+                array: true,
+                requiresArg: true,
+                describe: 'root device hint KEY=VALUE (repeatable), e.g. serial=S3Z or "size=>= 100"',
+              })
+              .conflicts('device', 'hint')
+              .option('json', { type: 'boolean', describe: 'print the result as JSON' }),
+          invoke(runDiskEraseMetadata),
+        )
+        .demandCommand(1, 'name a disk command'),
+    )
+    .command('image', 'OS images', (y) =>
+      y
+        .command(
+          'write <url>',
+          'stream an image onto the root disk, verified by checksum',
+          (z) =>
+            z
+              .positional('url', {
+                type: 'string',
+                describe: 'http(s) URL of the image (raw, gzip, xz, zstd, bzip2, qcow2)',
+              })
+              .option('device', {
+                type: 'string',
+                requiresArg: true,
+                describe: 'the whole disk, e.g. /dev/sda',
+              })
+              .option('hint', {
+                type: 'string',
+                array: true,
+                requiresArg: true,
+                describe:
+                  'root device hint KEY=VALUE (repeatable); no device and no hint: the smallest disk of 4 GiB or more',
+              })
+              .conflicts('device', 'hint')
+              .option('checksum', {
+                type: 'string',
+                requiresArg: true,
+                describe: 'sha256:HEX (md5, sha512), a bare hex, or the URL of a sha256sum-style file',
+              })
+              .option('disk-format', {
+                choices: ['raw', 'qcow2', 'auto'],
+                describe: 'raw, qcow2, or auto (by magic bytes)',
+              })
+              .option('json', { type: 'boolean', describe: 'print the result as JSON' }),
+          invoke(runImageWrite),
+        )
+        .demandCommand(1, 'name an image command'),
     )
     .command(
       'commands',

@@ -2,6 +2,8 @@ import type { Config } from '../config/options.js';
 import { createPowerBackend } from '../hardware/generic/power.js';
 import type { HardwarePaths } from '../hardware/paths.js';
 import type { Logger } from '../util/logger.js';
+import { diskCommands } from './disk.js';
+import { imageCommands } from './image.js';
 import { inventoryCommands } from './inventory.js';
 import { lldpCommands } from './lldp.js';
 import { CommandRegistry } from './registry.js';
@@ -27,5 +29,16 @@ export const buildRegistry = (config: Config, logger: Logger): CommandRegistry =
       lldpTimeoutS: config.lldpTimeoutS,
     }),
     ...lldpCommands({ paths, defaultTimeoutS: config.lldpTimeoutS }),
+    ...diskCommands({ paths }),
+    ...imageCommands({
+      paths,
+      caPath: config.imageCa,
+      insecure: config.insecure,
+      stagingDir: config.stagingDir,
+      direct: config.imageDirectIo,
+      stallTimeoutS: config.imageStallTimeoutS,
+      retries: config.imageRetries,
+      retryIntervalS: config.imageRetryIntervalS,
+    }),
   );
 };

@@ -34,6 +34,12 @@ export interface Config {
   devRoot: string;
   procRoot: string;
   runRoot: string;
+  imageCa: string | null;
+  stagingDir: string;
+  imageDirectIo: boolean;
+  imageStallTimeoutS: number;
+  imageRetries: number;
+  imageRetryIntervalS: number;
 }
 
 export type ConfigKey = keyof Config;
@@ -89,7 +95,7 @@ export const OPTIONS: OptionSpec[] = [
     parse: parseBool,
     default: false,
     boolean: true,
-    describe: 'allow ws:// and unverified wss:// (logged as a warning at every connect)',
+    describe: 'allow ws:// and unverified wss:// to the conductor, and unverified https to image servers',
   }),
   option({
     key: 'debug',
@@ -246,6 +252,62 @@ export const OPTIONS: OptionSpec[] = [
     default: '/run',
     describe: "where /run is (udev's database of disk serials and WWNs)",
   }),
+  option({
+    key: 'imageCa',
+    kernel: ['bma-image-ca'],
+    env: 'BMA_IMAGE_CA',
+    flag: 'image-ca',
+    parse: parsePath,
+    default: null,
+    describe: 'CA bundle (PEM) that verifies https image and checksum servers (the system store when unset)',
+  }),
+  option({
+    key: 'stagingDir',
+    kernel: ['bma-staging-dir'],
+    env: 'BMA_STAGING_DIR',
+    flag: 'staging-dir',
+    parse: parsePath,
+    default: '/tmp',
+    describe:
+      'where images that cannot be streamed (qcow2 and other qemu formats) are staged; a tmpfs in the ramdisk',
+  }),
+  option({
+    key: 'imageDirectIo',
+    kernel: ['bma-image-direct-io'],
+    env: 'BMA_IMAGE_DIRECT_IO',
+    flag: 'image-direct-io',
+    parse: parseBool,
+    default: true,
+    boolean: true,
+    describe: 'write images with O_DIRECT (falls back to buffered writes where the device refuses it)',
+  }),
+  option({
+    key: 'imageStallTimeoutS',
+    kernel: ['ipa-image-download-connection-timeout'],
+    env: 'BMA_IMAGE_STALL_TIMEOUT',
+    flag: 'image-stall-timeout',
+    parse: numberParser(1, 3600),
+    default: 60,
+    describe: 'seconds without a byte from the image server before the connection counts as stalled',
+  }),
+  option({
+    key: 'imageRetries',
+    kernel: ['ipa-image-download-connection-retries'],
+    env: 'BMA_IMAGE_RETRIES',
+    flag: 'image-retries',
+    parse: numberParser(0, 100),
+    default: 9,
+    describe: 'attempts after the first for connection errors, 5xx, stalls and drops (resumed with Range)',
+  }),
+  option({
+    key: 'imageRetryIntervalS',
+    kernel: ['ipa-image-download-connection-retry-interval'],
+    env: 'BMA_IMAGE_RETRY_INTERVAL',
+    flag: 'image-retry-interval',
+    parse: numberParser(0.01, 600),
+    default: 10,
+    describe: 'longest wait between two download attempts (jittered backoff from 1 s up to this)',
+  }),
 ];
 
 /**
@@ -270,9 +332,6 @@ export const IPA_ARGS_NOT_USED = new Set([
   'ipa-hardware-initialization-delay',
   'ipa-disk-wait-attempts',
   'ipa-disk-wait-delay',
-  'ipa-image-download-connection-timeout',
-  'ipa-image-download-connection-retries',
-  'ipa-image-download-connection-retry-interval',
   'ipa-ironic-api-version',
   'ipa-enable-vlan-interfaces',
   'ipa-ignore-bootloader-failure',

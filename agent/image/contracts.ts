@@ -102,7 +102,8 @@ export interface ExpectedChecksum {
 
 // ---- formats: agent/image/decompress.ts, agent/image/qcow2.ts ----
 
-export type ImageFormat = 'raw' | 'gzip' | 'xz' | 'zstd' | 'bzip2' | 'qcow2' | 'vmdk' | 'vhdx' | 'vdi' | 'qed';
+export type ImageFormat =
+  'raw' | 'gzip' | 'xz' | 'zstd' | 'bzip2' | 'qcow2' | 'vmdk' | 'vhdx' | 'vdi' | 'qed';
 // detectFormat(head: Buffer): ImageFormat   (magic bytes; raw when nothing matches)
 
 // ---- writer: agent/image/block-writer.ts ----
@@ -110,7 +111,7 @@ export type ImageFormat = 'raw' | 'gzip' | 'xz' | 'zstd' | 'bzip2' | 'qcow2' | '
 export interface BlockWriter {
   /** Queues bytes; resolves when they are accepted (back-pressure). Writes go out in large aligned blocks. */
   write(chunk: Buffer): Promise<void>;
-  /** Writes the tail (padded only when the device needs alignment and the tail is short), fsyncs, closes. */
+  /** Writes the tail (never padded past the image end), fsyncs, closes. */
   finish(): Promise<{ bytesWritten: number }>;
   /** Closes without flushing more; after a failure. */
   abort(): Promise<void>;

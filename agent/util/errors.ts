@@ -16,6 +16,29 @@ export const ERROR_CODES = {
   LLDP_CAPTURE_FAILED: 'LLDP collection could not start (the network interfaces could not be listed)',
   RESULT_TOO_LARGE: 'the result would not fit in one 16 MiB frame; the record went without it',
   TLS_PIN_MISMATCH: "the conductor's public key does not match the configured pin",
+  DOWNLOAD_FAILED:
+    'the image could not be downloaded: a 4xx, or connection errors, 5xx or stalls past the retries',
+  DOWNLOAD_TRUNCATED:
+    'the connection closed before the whole body arrived and resuming failed past the retries',
+  DOWNLOAD_TOO_LONG: 'the server sent more bytes than it declared',
+  DOWNLOAD_RESTART_REQUIRED:
+    'a dropped download cannot be resumed (no validator, Range ignored, or the image changed); start over from byte 0',
+  INVALID_URL: 'a URL is unparsable or not http/https',
+  CHECKSUM_MISMATCH: 'the checksum of the downloaded bytes differs from the expected one',
+  CHECKSUM_NOT_FOUND:
+    'the expected checksum could not be obtained (checksums file unreadable, empty, or without the image name)',
+  UNSUPPORTED_FORMAT: 'the image format cannot be written this way (or the image refers to other files)',
+  DECOMPRESS_FAILED: 'the compressed image is corrupt or truncated',
+  WRITE_FAILED: 'writing the image to the device failed',
+  INSUFFICIENT_MEMORY: 'an image that must be staged in memory does not fit in the memory available',
+  DEVICE_NOT_FOUND: 'the named device does not exist under the configured /dev root',
+  NO_MATCHING_DISK: 'no disk matches the root device hints, or none is large enough for the default choice',
+  INVALID_DEVICE: 'the named device is not a whole block device under the configured /dev root',
+  DEVICE_BUSY:
+    'the disk is mounted, holds active swap, is part of an active RAID/LVM/device-mapper device or is held open exclusively',
+  DEVICE_READ_ONLY: 'the disk is read-only',
+  DEVICE_TOO_SMALL: 'the disk is smaller than what must be written to it',
+  WIPE_FAILED: 'the partition-table and filesystem signatures could not all be wiped',
   INTERNAL: 'a bug in the agent: report it with the logs',
 } as const;
 

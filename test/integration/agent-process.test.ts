@@ -221,6 +221,8 @@ describe('the command line', () => {
     assert.deepEqual(
       list.map((command) => [command.name, command.exclusive]),
       [
+        ['disk.erase_metadata', true],
+        ['image.write', true],
         ['inventory.collect', false],
         ['lldp.collect', false],
         ['system.power_off', true],

@@ -1,0 +1,91 @@
+import { readFile } from 'node:fs/promises';
+import { Type } from '@sinclair/typebox';
+import type { HardwarePaths } from '../hardware/paths.js';
+import type { RootDeviceHints } from '../image/contracts.js';
+import { writeImage } from '../image/write-image.js';
+import { AgentError } from '../util/errors.js';
+import { defineCommand, type AnyCommandDefinition } from './definition.js';
+import { RootDeviceHintsSchema } from './disk.js';
+
+export interface ImageCommandDeps {
+  paths: HardwarePaths;
+  caPath: string | null;
+  insecure: boolean;
+  stagingDir: string;
+  direct: boolean;
+  stallTimeoutS: number;
+  retries: number;
+  retryIntervalS: number;
+}
+
+const HttpUrl = Type.String({ minLength: 8, maxLength: 8192, pattern: '^[Hh][Tt][Tt][Pp][Ss]?://' });
+
+export const ImageWriteParams = Type.Object(
+  {
+    url: HttpUrl,
+    checksum: Type.Optional(
+      Type.Union([
+        Type.String({ minLength: 1, maxLength: 8192 }),
+        Type.Object(
+          { os_hash_algo: Type.String({ maxLength: 32 }), os_hash_value: Type.String({ maxLength: 8192 }) },
+          { additionalProperties: false },
+        ),
+      ]),
+    ),
+    disk_format: Type.Optional(
+      Type.Union([Type.Literal('raw'), Type.Literal('qcow2'), Type.Literal('auto')]),
+    ),
+    device: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+    root_device_hints: Type.Optional(RootDeviceHintsSchema),
+  },
+  { additionalProperties: false },
+);
+
+const readCa = async (caPath: string | null): Promise<Buffer | null> => {
+  if (!caPath) return null;
+  try {
+    return await readFile(caPath);
+  } catch (error) {
+    throw new AgentError('INVALID_CONFIG', `cannot read the image CA bundle ${caPath}; check bma-image-ca`, {
+      cause: error,
+      details: { setting: 'image-ca', path: caPath },
+    });
+  }
+};
+
+export const imageCommands = (deps: ImageCommandDeps): AnyCommandDefinition[] => [
+  defineCommand({
+    name: 'image.write',
+    summary: 'Stream an OS image onto the root disk, verified by checksum, wiped again if anything fails',
+    exclusive: true,
+    params: ImageWriteParams,
+    handler: async (params, context) => {
+      const result = await writeImage(
+        {
+          url: params.url,
+          ...(params.checksum === undefined ? {} : { checksum: params.checksum }),
+          ...(params.disk_format === undefined ? {} : { disk_format: params.disk_format }),
+          ...(params.device === undefined ? {} : { device: params.device }),
+          ...(params.root_device_hints === undefined
+            ? {}
+            : { root_device_hints: params.root_device_hints as RootDeviceHints }),
+        },
+        {
+          paths: deps.paths,
+          ca: await readCa(deps.caPath),
+          insecure: deps.insecure,
+          logger: context.log,
+          stagingDir: deps.stagingDir,
+          direct: deps.direct,
+          retries: deps.retries,
+          // IPA sleeps the interval between attempts; here it caps a jittered backoff from 1 s.
+          retryBaseMs: Math.min(1000, deps.retryIntervalS * 1000),
+          retryMaxMs: deps.retryIntervalS * 1000,
+          stallTimeoutMs: deps.stallTimeoutS * 1000,
+        },
+        { signal: context.signal, progress: context.progress },
+      );
+      return { ...result };
+    },
+  }),
+];

@@ -1,0 +1,301 @@
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ProgressUpdate } from '../commands/definition.js';
+import { rereadPartitions, selectTargetDisk, wipeSignatures } from '../hardware/generic/disks/index.js';
+import type { HardwarePaths } from '../hardware/paths.js';
+import { AgentError } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
+import { openBlockWriter } from './block-writer.js';
+import { createHasher, resolveChecksum, type ChecksumSpec, type Hasher } from './checksum.js';
+import type { ExpectedChecksum, ImageFormat, RootDeviceHints, TargetDisk } from './contracts.js';
+import { createDecompressor, detectFormat, FORMAT_PROBE_BYTES, QEMU_FORMATS } from './decompress.js';
+import { fetchText, openImageStream, type FetchTextOptions } from './fetch.js';
+import { checkMemoryFor, convertToDevice, stageImage } from './qcow2.js';
+
+export interface WriteImageRequest {
+  url: string;
+  checksum?: ChecksumSpec;
+  disk_format?: 'raw' | 'qcow2' | 'auto';
+  device?: string;
+  root_device_hints?: RootDeviceHints;
+}
+
+export interface WriteImageDeps {
+  paths: HardwarePaths;
+  ca: Buffer | null;
+  insecure: boolean;
+  logger: Logger;
+  /** Where images that cannot be streamed are staged: a tmpfs in the ramdisk. */
+  stagingDir: string;
+  direct?: boolean;
+  retries?: number;
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  stallTimeoutMs?: number;
+}
+
+export interface WriteImageResult {
+  device: string;
+  bytes_written: number;
+  bytes_downloaded: number;
+  format: ImageFormat;
+  checksum: { algorithm: string; hex: string; verified: boolean };
+  seconds: number;
+  rate_bytes_per_s: number;
+  resumes: number;
+  restarts: number;
+}
+
+interface Context {
+  signal: AbortSignal;
+  progress: (update: ProgressUpdate) => void;
+}
+
+// A server that cannot resume makes the whole write start over; more than this is not a blip.
+const MAX_RESTARTS = 3;
+
+/**
+ * Reads chunks until `FORMAT_PROBE_BYTES` are known, then hands back the head and an iterator that
+ * yields the head first, so detection costs no copy of the stream.
+ */
+const peek = async (
+  body: AsyncIterable<Buffer>,
+): Promise<{ head: Buffer; chunks: AsyncIterable<Buffer> }> => {
+  const iterator = body[Symbol.asyncIterator]();
+  const buffered: Buffer[] = [];
+  let length = 0;
+  let done = false;
+  while (length < FORMAT_PROBE_BYTES) {
+    const next = await iterator.next();
+    if (next.done) {
+      done = true;
+      break;
+    }
+    buffered.push(next.value);
+    length += next.value.length;
+  }
+  const head = Buffer.concat(buffered, length).subarray(0, FORMAT_PROBE_BYTES);
+  async function* chunks(): AsyncGenerator<Buffer> {
+    yield* buffered;
+    if (done) return;
+    while (true) {
+      const next = await iterator.next();
+      if (next.done) return;
+      yield next.value;
+    }
+  }
+  return { head, chunks: chunks() };
+};
+
+const isRestart = (error: unknown): boolean =>
+  AgentError.is(error) && error.code === 'DOWNLOAD_RESTART_REQUIRED';
+
+/**
+ * image.write: the root disk chosen by hints -> fetch (resume) -> hash inline -> decompress by
+ * magic -> aligned writer -> verify -> flush and re-read partitions. Once a byte may have reached
+ * the disk, any failure wipes the signatures at both ends so nothing half-written can boot.
+ */
+export const writeImage = async (
+  request: WriteImageRequest,
+  deps: WriteImageDeps,
+  context: Context,
+): Promise<WriteImageResult> => {
+  const { logger } = deps;
+  const { signal } = context;
+  if (request.device && request.root_device_hints) {
+    throw new AgentError('INVALID_PARAMS', 'give either device or root_device_hints, not both', {
+      details: { field: 'device' },
+    });
+  }
+  const started = performance.now();
+  const fetchOptions: FetchTextOptions = {
+    ca: deps.ca,
+    insecure: deps.insecure,
+    logger,
+    signal,
+    ...(deps.retries === undefined ? {} : { retries: deps.retries }),
+    ...(deps.retryBaseMs === undefined ? {} : { retryBaseMs: deps.retryBaseMs }),
+    ...(deps.retryMaxMs === undefined ? {} : { retryMaxMs: deps.retryMaxMs }),
+    ...(deps.stallTimeoutMs === undefined ? {} : { stallTimeoutMs: deps.stallTimeoutMs }),
+  };
+  // The checksum is settled first: a bad spec or a missing checksums entry fails before any disk I/O.
+  const expected = await resolveChecksum(request.checksum, request.url, (url) =>
+    fetchText(url, fetchOptions),
+  );
+  if (!expected)
+    logger.warn(
+      { url: request.url },
+      'no checksum given: the image is written unverified (its sha256 is reported)',
+    );
+  const disk = await selectTargetDisk({
+    paths: deps.paths,
+    ...(request.device ? { device: request.device } : {}),
+    ...(request.root_device_hints ? { hints: request.root_device_hints } : {}),
+    signal,
+  });
+  logger.info({ device: disk.path, size: disk.sizeBytes, url: request.url }, 'writing image');
+
+  let touched = false;
+  let restarts = 0;
+  try {
+    while (true) {
+      try {
+        const outcome = await writeOnce(request, deps, context, disk, expected, fetchOptions, () => {
+          touched = true;
+        });
+        await rereadPartitions(disk, { paths: deps.paths, signal, logger });
+        const seconds = (performance.now() - started) / 1000;
+        return {
+          device: disk.path,
+          ...outcome,
+          seconds: Math.round(seconds * 1000) / 1000,
+          rate_bytes_per_s: Math.round(outcome.bytes_written / Math.max(seconds, 0.001)),
+          restarts,
+        };
+      } catch (error) {
+        if (!isRestart(error) || restarts >= MAX_RESTARTS || signal.aborted) throw error;
+        restarts += 1;
+        logger.warn(
+          { restarts, err: error },
+          'the server cannot resume: starting the image over from byte 0',
+        );
+      }
+    }
+  } catch (error) {
+    if (touched) {
+      logger.error(
+        { device: disk.path, err: error },
+        'image write failed after writing began: wiping signatures at both ends',
+      );
+      try {
+        const { wiped } = await wipeSignatures(disk, {
+          paths: deps.paths,
+          signal: AbortSignal.timeout(120_000),
+          logger,
+        });
+        if (AgentError.is(error)) error.details.wiped = wiped;
+      } catch (wipeError) {
+        logger.error(
+          { err: wipeError, device: disk.path },
+          'could not wipe the half-written disk: it may hold a partial image',
+        );
+        if (AgentError.is(error))
+          error.details.wipe_error = wipeError instanceof Error ? wipeError.message : String(wipeError);
+      }
+    }
+    throw error;
+  }
+};
+
+type Outcome = Omit<WriteImageResult, 'device' | 'seconds' | 'rate_bytes_per_s' | 'restarts'>;
+
+const writeOnce = async (
+  request: WriteImageRequest,
+  deps: WriteImageDeps,
+  context: Context,
+  disk: TargetDisk,
+  expected: ExpectedChecksum | null,
+  fetchOptions: FetchTextOptions,
+  markTouched: () => void,
+): Promise<Outcome> => {
+  const { signal } = context;
+  const stream = await openImageStream({ ...fetchOptions, url: request.url });
+  const hasher = createHasher(expected);
+  const { head, chunks } = await peek(stream.body);
+  const format = request.disk_format === 'raw' ? 'raw' : detectFormat(head);
+  // Only a raw image's size is known before writing; compressed ones are checked as they expand
+  // (the writer refuses to pass the end) and qemu formats by their virtual size.
+  if (format === 'raw' && stream.totalBytes !== null && stream.totalBytes > disk.sizeBytes) {
+    throw new AgentError(
+      'DEVICE_TOO_SMALL',
+      `the image is ${stream.totalBytes} bytes and ${disk.path} holds only ${disk.sizeBytes}: choose a larger disk`,
+      {
+        details: { image_bytes: stream.totalBytes, device_bytes: disk.sizeBytes, device: disk.path },
+      },
+    );
+  }
+  if (request.disk_format === 'qcow2' && format !== 'qcow2') {
+    throw new AgentError('UNSUPPORTED_FORMAT', `disk_format qcow2 was given but the image is ${format}`, {
+      details: { format },
+    });
+  }
+  const total = stream.totalBytes;
+  let downloaded = 0;
+  let lastTick = performance.now();
+  let lastBytes = 0;
+  let rate: number | null = null;
+  const report = (phase: string): void => {
+    const now = performance.now();
+    if (now - lastTick >= 500) {
+      rate = Math.round(((downloaded - lastBytes) * 1000) / (now - lastTick));
+      lastTick = now;
+      lastBytes = downloaded;
+    }
+    context.progress({ phase, done: downloaded, total, unit: 'bytes', rate, message: format });
+  };
+  async function* hashed(): AsyncGenerator<Buffer> {
+    for await (const chunk of chunks) {
+      hasher.update(chunk);
+      downloaded += chunk.length;
+      report(QEMU_FORMATS.has(format) ? 'download' : 'write');
+      yield chunk;
+    }
+  }
+
+  let bytesWritten: number;
+  let digest: string;
+  if (QEMU_FORMATS.has(format)) {
+    // qemu-img needs the whole file: staged in RAM (tmpfs), verified, and only then converted.
+    const budget = await checkMemoryFor(total, { paths: deps.paths, stagingDir: deps.stagingDir });
+    const staged = await stageImage({ chunks: hashed(), dir: deps.stagingDir, budget, signal });
+    try {
+      digest = finishHash(hasher, expected);
+      markTouched();
+      const converted = await convertToDevice({
+        source: staged.file,
+        format,
+        device: disk.path,
+        deviceBytes: disk.sizeBytes,
+        signal,
+        logger: deps.logger,
+        progress: context.progress,
+        paths: deps.paths,
+      });
+      bytesWritten = converted.bytesWritten;
+    } finally {
+      await staged.remove();
+    }
+  } else {
+    const writer = await openBlockWriter(disk.path, { direct: deps.direct ?? true });
+    markTouched();
+    let finished = false;
+    try {
+      const sink = new Writable({
+        highWaterMark: 1,
+        write: (chunk: Buffer, _encoding, callback) => {
+          writer.write(chunk).then(() => callback(), callback);
+        },
+      });
+      const source = Readable.from(hashed());
+      if (format === 'raw') await pipeline(source, sink, { signal });
+      else await pipeline(source, createDecompressor(format, { signal }), sink, { signal });
+      digest = finishHash(hasher, expected);
+      ({ bytesWritten } = await writer.finish());
+      finished = true;
+    } finally {
+      if (!finished) await writer.abort().catch(() => undefined);
+    }
+  }
+  const stats = stream.stats();
+  return {
+    bytes_written: bytesWritten,
+    bytes_downloaded: downloaded,
+    format,
+    checksum: { algorithm: hasher.algorithm, hex: digest, verified: expected !== null },
+    resumes: stats.resumes,
+  };
+};
+
+/** Ends the hash: a mismatch throws CHECKSUM_MISMATCH before the image is finished or converted. */
+const finishHash = (hasher: Hasher, expected: ExpectedChecksum | null): string =>
+  expected ? hasher.verify() : hasher.digestHex();

@@ -1,0 +1,548 @@
+/**
+ * Image download against a real HTTP server on 127.0.0.1 that misbehaves on purpose (issue 4,
+ * "Getting the bytes"): each fault either ends byte-identical (checked by sha256) or fails with
+ * the right code, never as a short success. The request log shows whether a resume (Range +
+ * If-Range) or a plain retry was used.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { after, before, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { FetchOptions, FetchStats, ImageStream } from '../../agent/image/contracts.js';
+import { fetchText, openImageStream } from '../../agent/image/fetch.js';
+import { AgentError } from '../../agent/util/errors.js';
+import { silentLogger } from '../../agent/util/logger.js';
+import { createTestPki, type TestPki } from '../support/certs.js';
+import { FaultyHttpServer, type FaultPlan, type FaultyServerOptions } from '../support/faulty-http-server.js';
+
+const SIZE = 3 * 1024 * 1024 + 123;
+const DATA = randomBytes(SIZE);
+const SHA256 = createHash('sha256').update(DATA).digest('hex');
+/** Small delays keep retries quick; the stall timeout is short but far above loopback jitter. */
+const STALL_MS = 400;
+/** Time allowed beyond a deadline for timers, scheduling and a loaded 2-core machine. */
+const SLACK_MS = 600;
+
+const options = (url: string, extra: Partial<FetchOptions> = {}): FetchOptions => ({
+  url,
+  signal: AbortSignal.timeout(20_000),
+  ca: null,
+  insecure: false,
+  retries: 3,
+  retryBaseMs: 5,
+  retryMaxMs: 50,
+  stallTimeoutMs: STALL_MS,
+  logger: silentLogger(),
+  ...extra,
+});
+
+interface Outcome {
+  sha256: string;
+  bytes: number;
+  stats: FetchStats;
+  totalBytes: number | null;
+}
+
+const drain = async (stream: ImageStream): Promise<Outcome> => {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const chunk of stream.body) {
+    hash.update(chunk);
+    bytes += chunk.length;
+  }
+  return { sha256: hash.digest('hex'), bytes, stats: stream.stats(), totalBytes: stream.totalBytes };
+};
+
+/** One server per case, so the request log holds that case's requests only. */
+const withServer = async (
+  config: { faults?: FaultPlan } & Omit<FaultyServerOptions, 'faults'>,
+  body: (server: FaultyHttpServer) => Promise<void>,
+): Promise<void> => {
+  const server = await FaultyHttpServer.start({ data: DATA, ...config });
+  try {
+    await body(server);
+  } finally {
+    await server.stop();
+  }
+};
+
+const download = async (url: string, extra: Partial<FetchOptions> = {}): Promise<Outcome> =>
+  drain(await openImageStream(options(url, extra)));
+
+const rejectsWith = async (promise: Promise<unknown>, code: string): Promise<AgentError> => {
+  try {
+    await promise;
+  } catch (error) {
+    assert.ok(AgentError.is(error), `expected an AgentError ${code}, got ${String(error)}`);
+    assert.equal(error.code, code, error.message);
+    return error;
+  }
+  assert.fail(`expected ${code}, but the download succeeded`);
+};
+
+const assertIdentical = (outcome: Outcome): void => {
+  assert.equal(outcome.bytes, SIZE);
+  assert.equal(outcome.sha256, SHA256);
+};
+
+describe('image download: the happy path', () => {
+  it('delivers the body byte-identical in one request without Range', async () => {
+    await withServer({}, async (server) => {
+      const outcome = await download(server.url());
+      assertIdentical(outcome);
+      assert.equal(outcome.totalBytes, SIZE);
+      assert.deepEqual(outcome.stats, { bytes: SIZE, resumes: 0, retries: 0 });
+      assert.equal(server.requests.length, 1);
+      assert.equal(server.requests[0]?.range, null);
+      assert.equal(server.requests[0]?.headers['accept-encoding'], 'identity');
+    });
+  });
+
+  it('accepts a chunked body without a length', async () => {
+    await withServer({ faults: () => ({ kind: 'chunked' }) }, async (server) => {
+      const outcome = await download(server.url());
+      assertIdentical(outcome);
+      assert.equal(outcome.totalBytes, null);
+    });
+  });
+
+  it('follows a redirect', async () => {
+    await withServer(
+      { faults: { 1: { kind: 'status', status: 302, headers: { Location: '/moved/image.img' } } } },
+      async (server) => {
+        assertIdentical(await download(server.url()));
+        assert.deepEqual(
+          server.requests.map((request) => request.path),
+          ['/image.img', '/moved/image.img'],
+        );
+      },
+    );
+  });
+
+  it('reads a slow but steady body without calling it a stall', async () => {
+    const small = DATA.subarray(0, 96 * 1024);
+    const server = await FaultyHttpServer.start({
+      data: small,
+      faults: { 1: { kind: 'slow', bytesPerSecond: 256 * 1024 } },
+    });
+    try {
+      const outcome = await download(server.url(), { retries: 0 });
+      assert.equal(outcome.sha256, createHash('sha256').update(small).digest('hex'));
+      assert.equal(server.requests.length, 1);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
+describe('image download: drops are resumed with Range + If-Range', () => {
+  it('resumes a truncated body at the byte it stopped, guarded by the ETag', async () => {
+    await withServer({ faults: { 1: { kind: 'truncate', afterBytes: 1_000_000 } } }, async (server) => {
+      const outcome = await download(server.url());
+      assertIdentical(outcome);
+      assert.equal(outcome.stats.resumes, 1);
+      const [, resumed] = server.requests;
+      assert.equal(resumed?.range, 'bytes=1000000-');
+      assert.equal(resumed?.ifRange, server.etag);
+      assert.equal(resumed?.status, 206);
+    });
+  });
+
+  it('falls back to Last-Modified as the validator', async () => {
+    await withServer(
+      { etag: false, faults: { 1: { kind: 'truncate', afterBytes: 700_000 } } },
+      async (server) => {
+        assertIdentical(await download(server.url()));
+        assert.equal(server.requests[1]?.ifRange, server.lastModified);
+      },
+    );
+  });
+
+  it('resumes after a connection reset mid-body', async () => {
+    await withServer({ faults: { 1: { kind: 'reset', afterBytes: 1_500_000 } } }, async (server) => {
+      const outcome = await download(server.url());
+      assertIdentical(outcome);
+      assert.equal(outcome.stats.resumes, 1);
+      // A reset discards what was still in flight, so the resume starts at or before the cut.
+      const range = /^bytes=(\d+)-$/.exec(server.requests[1]?.range ?? '');
+      assert.ok(
+        range && Number(range[1]) > 0 && Number(range[1]) <= 1_500_000,
+        server.requests[1]?.range ?? '',
+      );
+    });
+  });
+
+  it('keeps resuming while each attempt makes progress', async () => {
+    await withServer({ faults: () => ({ kind: 'truncate', afterBytes: 1_100_000 }) }, async (server) => {
+      const outcome = await download(server.url(), { retries: 1 });
+      assertIdentical(outcome);
+      assert.equal(outcome.stats.resumes, Math.ceil(SIZE / 1_100_000) - 1);
+      assert.ok(server.requests.slice(1).every((request) => request.status === 206));
+    });
+  });
+
+  it('resumes a chunked body when the server gave a validator', async () => {
+    await withServer(
+      { faults: { 1: [{ kind: 'chunked' }, { kind: 'truncate', afterBytes: 1_000_000 }] } },
+      async (server) => {
+        const outcome = await download(server.url());
+        assertIdentical(outcome);
+        assert.equal(outcome.stats.resumes, 1);
+      },
+    );
+  });
+
+  it('detects a stall mid-body within the stall timeout, then resumes', async () => {
+    await withServer({ faults: { 1: { kind: 'stall', afterBytes: 800_000 } } }, async (server) => {
+      const started = performance.now();
+      const outcome = await download(server.url());
+      const elapsed = performance.now() - started;
+      assertIdentical(outcome);
+      assert.equal(outcome.stats.resumes, 1);
+      assert.equal(server.requests[1]?.range, 'bytes=800000-');
+      assert.ok(elapsed >= STALL_MS && elapsed < STALL_MS + SLACK_MS, `took ${Math.round(elapsed)} ms`);
+    });
+  });
+});
+
+describe('image download: a short read is never a success', () => {
+  it('fails DOWNLOAD_TRUNCATED when the rest never comes, after the retries', async () => {
+    await withServer(
+      { faults: (n) => ({ kind: 'truncate', afterBytes: n === 1 ? 1_000_000 : 0 }) },
+      async (server) => {
+        const stream = await openImageStream(options(server.url(), { retries: 2 }));
+        const error = await rejectsWith(drain(stream), 'DOWNLOAD_TRUNCATED');
+        assert.equal(stream.stats().bytes, 1_000_000);
+        assert.equal(error.details.total, SIZE);
+        // The first request and 2 retries for the rest, both of them Range requests.
+        assert.equal(server.requests.length, 3);
+        assert.ok(server.requests.slice(1).every((request) => request.range === 'bytes=1000000-'));
+      },
+    );
+  });
+
+  it('fails DOWNLOAD_TRUNCATED when the body is shorter than its Content-Length', async () => {
+    await withServer({ faults: () => ({ kind: 'wrong-length', declaredDelta: 1000 }) }, async (server) => {
+      const stream = await openImageStream(options(server.url()));
+      assert.equal(stream.totalBytes, SIZE + 1000);
+      const error = await rejectsWith(drain(stream), 'DOWNLOAD_TRUNCATED');
+      assert.match(error.message, /declared/);
+    });
+  });
+
+  it('fails DOWNLOAD_TOO_LONG when the body is longer than its Content-Length', async () => {
+    await withServer(
+      { faults: () => ({ kind: 'wrong-length', declaredDelta: -100_000 }) },
+      async (server) => {
+        const stream = await openImageStream(options(server.url()));
+        await rejectsWith(drain(stream), 'DOWNLOAD_TOO_LONG');
+        assert.equal(server.requests.length, 1);
+      },
+    );
+  });
+
+  it('gives up on a server that sends a trickle and stalls, over and over', async () => {
+    await withServer({ faults: () => ({ kind: 'stall', afterBytes: 1000 }) }, async (server) => {
+      const stream = await openImageStream(options(server.url(), { retries: 2, stallTimeoutMs: 100 }));
+      await rejectsWith(drain(stream), 'DOWNLOAD_TRUNCATED');
+      assert.equal(stream.stats().bytes, 3000);
+      assert.equal(server.requests.length, 3);
+    });
+  });
+
+  it('fails DOWNLOAD_TRUNCATED after a stall when no retries are left', async () => {
+    await withServer({ faults: () => ({ kind: 'stall', afterBytes: 500_000 }) }, async (server) => {
+      const started = performance.now();
+      const stream = await openImageStream(options(server.url(), { retries: 0 }));
+      await rejectsWith(drain(stream), 'DOWNLOAD_TRUNCATED');
+      const elapsed = performance.now() - started;
+      assert.ok(elapsed >= STALL_MS && elapsed < STALL_MS + SLACK_MS, `took ${Math.round(elapsed)} ms`);
+    });
+  });
+});
+
+describe('image download: restart from zero when a resume is unsafe', () => {
+  it('requires a restart when the server ignores Range and sends 200', async () => {
+    await withServer(
+      { faults: { 1: { kind: 'truncate', afterBytes: 1_000_000 }, 2: { kind: 'ignore-range' } } },
+      async (server) => {
+        const stream = await openImageStream(options(server.url()));
+        await rejectsWith(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
+        assert.equal(server.requests[1]?.range, 'bytes=1000000-');
+        assert.equal(server.requests[1]?.status, 200);
+        assert.equal(server.requests.length, 2);
+      },
+    );
+  });
+
+  it('requires a restart when the ETag changed between requests', async () => {
+    await withServer(
+      { faults: { 1: { kind: 'truncate', afterBytes: 1_000_000 }, 2: { kind: 'change-etag' } } },
+      async (server) => {
+        const stream = await openImageStream(options(server.url()));
+        const firstEtag = '"bma-' + SIZE.toString(16) + '-v0"';
+        await rejectsWith(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
+        assert.equal(server.requests[1]?.ifRange, firstEtag);
+        assert.notEqual(server.etag, firstEtag);
+        assert.equal(server.requests[1]?.status, 200);
+      },
+    );
+  });
+
+  it('requires a restart without asking when there is no validator', async () => {
+    await withServer(
+      { etag: false, lastModified: false, faults: { 1: { kind: 'truncate', afterBytes: 1_000_000 } } },
+      async (server) => {
+        const stream = await openImageStream(options(server.url()));
+        const error = await rejectsWith(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
+        assert.match(error.message, /no ETag or Last-Modified/);
+        assert.equal(server.requests.length, 1);
+      },
+    );
+  });
+
+  it('requires a restart when a chunked body without validator drops', async () => {
+    await withServer(
+      {
+        etag: false,
+        lastModified: false,
+        faults: { 1: [{ kind: 'chunked' }, { kind: 'truncate', afterBytes: 1_000_000 }] },
+      },
+      async (server) => {
+        const stream = await openImageStream(options(server.url()));
+        await rejectsWith(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
+        assert.equal(stream.stats().bytes, 1_000_000);
+      },
+    );
+  });
+
+  it('refuses a 206 whose Content-Range does not start at the byte asked for', async () => {
+    await withServer(
+      { faults: { 1: { kind: 'truncate', afterBytes: 1_000_000 }, 2: { kind: 'shift-range', by: 10 } } },
+      async (server) => {
+        const stream = await openImageStream(options(server.url()));
+        const error = await rejectsWith(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
+        assert.match(error.message, /starting at 1000010, not 1000000/);
+      },
+    );
+  });
+});
+
+describe('image download: statuses and connections', () => {
+  it('fails a 404 at once with the status and a body excerpt, without retrying', async () => {
+    await withServer(
+      { faults: () => ({ kind: 'status', status: 404, body: 'no such image here\n' }) },
+      async (server) => {
+        const error = await rejectsWith(openImageStream(options(server.url())), 'DOWNLOAD_FAILED');
+        assert.equal(error.details.status, 404);
+        assert.equal(error.details.excerpt, 'no such image here');
+        assert.match(error.message, /404.*no such image here/);
+        assert.equal(server.requests.length, 1);
+      },
+    );
+  });
+
+  it('retries a 500 and then succeeds', async () => {
+    await withServer({ faults: { 1: { kind: 'status', status: 500 } } }, async (server) => {
+      const outcome = await download(server.url());
+      assertIdentical(outcome);
+      assert.equal(outcome.stats.retries, 1);
+      assert.deepEqual(
+        server.requests.map((request) => request.status),
+        [500, 200],
+      );
+    });
+  });
+
+  it('fails DOWNLOAD_FAILED after the retries when every answer is 503', async () => {
+    await withServer({ faults: () => ({ kind: 'status', status: 503 }) }, async (server) => {
+      const error = await rejectsWith(
+        openImageStream(options(server.url(), { retries: 2 })),
+        'DOWNLOAD_FAILED',
+      );
+      assert.equal(server.requests.length, 3);
+      assert.equal(error.details.status, 503);
+    });
+  });
+
+  it("honours a 503's Retry-After", async () => {
+    await withServer({ faults: { 1: { kind: 'status', status: 503, retryAfter: '1' } } }, async (server) => {
+      const started = performance.now();
+      // Jitter alone would retry within 1 ms here.
+      assertIdentical(await download(server.url(), { retryBaseMs: 1, retryMaxMs: 5000 }));
+      const elapsed = performance.now() - started;
+      assert.ok(elapsed >= 950 && elapsed < 1000 + SLACK_MS, `took ${Math.round(elapsed)} ms`);
+    });
+  });
+
+  it('caps a long Retry-After at retryMaxMs', async () => {
+    await withServer(
+      { faults: { 1: { kind: 'status', status: 503, retryAfter: '3600' } } },
+      async (server) => {
+        const started = performance.now();
+        assertIdentical(await download(server.url(), { retryMaxMs: 100 }));
+        assert.ok(performance.now() - started < 100 + SLACK_MS);
+        assert.equal(server.requests.length, 2);
+      },
+    );
+  });
+
+  it('retries a reset before the headers without Range', async () => {
+    await withServer({ faults: { 1: { kind: 'reset' } } }, async (server) => {
+      const outcome = await download(server.url());
+      assertIdentical(outcome);
+      assert.deepEqual(outcome.stats, { bytes: SIZE, resumes: 0, retries: 1 });
+      assert.equal(server.requests[1]?.range, null);
+    });
+  });
+
+  it('detects a server that never answers within the stall timeout', async () => {
+    await withServer({ faults: () => ({ kind: 'stall-headers' }) }, async (server) => {
+      const started = performance.now();
+      const error = await rejectsWith(
+        openImageStream(options(server.url(), { retries: 0 })),
+        'DOWNLOAD_FAILED',
+      );
+      const elapsed = performance.now() - started;
+      assert.match(error.message, /no byte of the response headers/);
+      assert.ok(elapsed >= STALL_MS && elapsed < STALL_MS + SLACK_MS, `took ${Math.round(elapsed)} ms`);
+    });
+  });
+
+  it('fails DOWNLOAD_FAILED after the retries when nothing listens', async () => {
+    const server = await FaultyHttpServer.start({ data: DATA });
+    const url = server.url();
+    await server.stop();
+    const error = await rejectsWith(openImageStream(options(url, { retries: 2 })), 'DOWNLOAD_FAILED');
+    assert.match(error.message, /ECONNREFUSED/);
+    assert.equal(error.details.attempts, 3);
+  });
+
+  it('refuses URLs that are not http or https', async () => {
+    await rejectsWith(openImageStream(options('ftp://127.0.0.1/image.img')), 'INVALID_URL');
+    await rejectsWith(openImageStream(options('not a url')), 'INVALID_URL');
+  });
+});
+
+describe('image download: cancellation', () => {
+  it('stops mid-body promptly and closes the connection', async () => {
+    await withServer({ faults: { 1: { kind: 'slow', bytesPerSecond: 512 * 1024 } } }, async (server) => {
+      const controller = new AbortController();
+      const stream = await openImageStream(options(server.url(), { signal: controller.signal }));
+      let cancelledAt = 0;
+      const consumed = (async () => {
+        for await (const chunk of stream.body) {
+          if (chunk.length > 0 && cancelledAt === 0) {
+            cancelledAt = performance.now();
+            controller.abort();
+          }
+        }
+      })();
+      const error = await rejectsWith(consumed, 'CANCELLED');
+      assert.ok(performance.now() - cancelledAt < 200, 'cancelled promptly');
+      assert.ok(error);
+      for (let wait = 0; wait < 50 && server.connections > 0; wait += 1) await sleep(10);
+      assert.equal(server.connections, 0);
+    });
+  });
+
+  it('stops while waiting to retry', async () => {
+    await withServer(
+      { faults: () => ({ kind: 'status', status: 503, retryAfter: '30' }) },
+      async (server) => {
+        const controller = new AbortController();
+        setTimeout(() => controller.abort(), 100);
+        const started = performance.now();
+        await rejectsWith(
+          openImageStream(options(server.url(), { signal: controller.signal, retryMaxMs: 60_000 })),
+          'CANCELLED',
+        );
+        assert.ok(performance.now() - started < 100 + SLACK_MS);
+        assert.equal(server.requests.length, 1);
+      },
+    );
+  });
+
+  it('releases the connection when the consumer stops reading early', async () => {
+    await withServer({}, async (server) => {
+      const stream = await openImageStream(options(server.url()));
+      for await (const chunk of stream.body) if (chunk.length > 0) break;
+      for (let wait = 0; wait < 50 && server.connections > 0; wait += 1) await sleep(10);
+      assert.equal(server.connections, 0);
+    });
+  });
+});
+
+describe('image download over https', () => {
+  let pki: TestPki;
+  let ca: Buffer;
+
+  before(async () => {
+    pki = await createTestPki();
+    ca = await readFile(pki.caPath);
+  });
+
+  after(async () => {
+    await pki?.cleanup();
+  });
+
+  it('verifies the server with the given CA bundle', async () => {
+    await withServer({ tls: pki.servers.ec }, async (server) => {
+      assertIdentical(await download(server.url(), { ca }));
+    });
+  });
+
+  it('refuses an unverifiable certificate at once, and accepts it when insecure', async () => {
+    await withServer({ tls: pki.selfSigned }, async (server) => {
+      const started = performance.now();
+      const error = await rejectsWith(
+        openImageStream(options(server.url(), { ca, retryBaseMs: 1000, retryMaxMs: 1000 })),
+        'DOWNLOAD_FAILED',
+      );
+      assert.match(error.message, /TLS/);
+      assert.equal(server.acceptedConnections, 1, 'not retried');
+      assert.ok(performance.now() - started < 1000);
+      assertIdentical(await download(server.url(), { insecure: true }));
+    });
+  });
+});
+
+describe('fetchText', () => {
+  const checksums = `${SHA256}  image.img\n`;
+
+  it('reads a small document', async () => {
+    await withServer({ documents: { '/SHA256SUMS': checksums } }, async (server) => {
+      const { url: _url, ...rest } = options(server.url('/SHA256SUMS'));
+      assert.equal(await fetchText(server.url('/SHA256SUMS'), rest), checksums);
+    });
+  });
+
+  it('fetches the document again when a resume is impossible', async () => {
+    const text = Buffer.from('x'.repeat(200_000));
+    const server = await FaultyHttpServer.start({
+      data: text,
+      etag: false,
+      lastModified: false,
+      faults: { 1: { kind: 'truncate', afterBytes: 100_000 } },
+    });
+    try {
+      const { url: _url, ...rest } = options(server.url());
+      assert.equal(await fetchText(server.url(), rest), text.toString());
+      assert.equal(server.requests.length, 2);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('refuses a document over its size limit', async () => {
+    await withServer({}, async (server) => {
+      const { url: _url, ...rest } = options(server.url());
+      const error = await rejectsWith(
+        fetchText(server.url(), { ...rest, maxBytes: 1024 * 1024 }),
+        'DOWNLOAD_FAILED',
+      );
+      assert.match(error.message, /limit/);
+    });
+  });
+});
