@@ -11,6 +11,7 @@ import type { ExpectedChecksum, ImageFormat, RootDeviceHints, TargetDisk } from 
 import { createDecompressor, detectFormat, FORMAT_PROBE_BYTES, QEMU_FORMATS } from './decompress.js';
 import { fetchText, openImageStream, type FetchTextOptions } from './fetch.js';
 import { checkMemoryFor, convertToDevice, stageImage } from './qcow2.js';
+import { abortError } from './tool-process.js';
 
 export interface WriteImageRequest {
   url: string;
@@ -60,7 +61,7 @@ const MAX_RESTARTS = 3;
  */
 const peek = async (
   body: AsyncIterable<Buffer>,
-): Promise<{ head: Buffer; chunks: AsyncIterable<Buffer> }> => {
+): Promise<{ head: Buffer; chunks: AsyncIterable<Buffer>; close: () => Promise<void> }> => {
   const iterator = body[Symbol.asyncIterator]();
   const buffered: Buffer[] = [];
   let length = 0;
@@ -75,16 +76,31 @@ const peek = async (
     length += next.value.length;
   }
   const head = Buffer.concat(buffered, length).subarray(0, FORMAT_PROBE_BYTES);
-  async function* chunks(): AsyncGenerator<Buffer> {
-    yield* buffered;
+  // Returning the body's iterator is what releases the download's socket (its generator's
+  // finally). A consumer that stops early (a failed pipeline, a refusal before the first write)
+  // must reach it, or the connection stays open and keeps the process alive for minutes.
+  const close = async (): Promise<void> => {
     if (done) return;
-    while (true) {
-      const next = await iterator.next();
-      if (next.done) return;
-      yield next.value;
+    done = true;
+    await iterator.return?.();
+  };
+  async function* chunks(): AsyncGenerator<Buffer> {
+    try {
+      yield* buffered;
+      if (done) return;
+      while (true) {
+        const next = await iterator.next();
+        if (next.done) {
+          done = true;
+          return;
+        }
+        yield next.value;
+      }
+    } finally {
+      await close();
     }
   }
-  return { head, chunks: chunks() };
+  return { head, chunks: chunks(), close };
 };
 
 const isRestart = (error: unknown): boolean =>
@@ -161,7 +177,10 @@ export const writeImage = async (
         );
       }
     }
-  } catch (error) {
+  } catch (caught) {
+    // A pipeline stopped by the signal rejects with a bare AbortError; callers (and the qcow2
+    // path, which already does this) expect CANCELLED.
+    const error = signal.aborted && !AgentError.is(caught) ? abortError(signal, 'the image write') : caught;
     if (touched) {
       logger.error(
         { device: disk.path, err: error },
@@ -201,99 +220,104 @@ const writeOnce = async (
   const { signal } = context;
   const stream = await openImageStream({ ...fetchOptions, url: request.url });
   const hasher = createHasher(expected);
-  const { head, chunks } = await peek(stream.body);
-  const format = request.disk_format === 'raw' ? 'raw' : detectFormat(head);
-  // Only a raw image's size is known before writing; compressed ones are checked as they expand
-  // (the writer refuses to pass the end) and qemu formats by their virtual size.
-  if (format === 'raw' && stream.totalBytes !== null && stream.totalBytes > disk.sizeBytes) {
-    throw new AgentError(
-      'DEVICE_TOO_SMALL',
-      `the image is ${stream.totalBytes} bytes and ${disk.path} holds only ${disk.sizeBytes}: choose a larger disk`,
-      {
-        details: { image_bytes: stream.totalBytes, device_bytes: disk.sizeBytes, device: disk.path },
-      },
-    );
-  }
-  if (request.disk_format === 'qcow2' && format !== 'qcow2') {
-    throw new AgentError('UNSUPPORTED_FORMAT', `disk_format qcow2 was given but the image is ${format}`, {
-      details: { format },
-    });
-  }
-  const total = stream.totalBytes;
-  let downloaded = 0;
-  let lastTick = performance.now();
-  let lastBytes = 0;
-  let rate: number | null = null;
-  const report = (phase: string): void => {
-    const now = performance.now();
-    if (now - lastTick >= 500) {
-      rate = Math.round(((downloaded - lastBytes) * 1000) / (now - lastTick));
-      lastTick = now;
-      lastBytes = downloaded;
-    }
-    context.progress({ phase, done: downloaded, total, unit: 'bytes', rate, message: format });
-  };
-  async function* hashed(): AsyncGenerator<Buffer> {
-    for await (const chunk of chunks) {
-      hasher.update(chunk);
-      downloaded += chunk.length;
-      report(QEMU_FORMATS.has(format) ? 'download' : 'write');
-      yield chunk;
-    }
-  }
-
-  let bytesWritten: number;
-  let digest: string;
-  if (QEMU_FORMATS.has(format)) {
-    // qemu-img needs the whole file: staged in RAM (tmpfs), verified, and only then converted.
-    const budget = await checkMemoryFor(total, { paths: deps.paths, stagingDir: deps.stagingDir });
-    const staged = await stageImage({ chunks: hashed(), dir: deps.stagingDir, budget, signal });
-    try {
-      digest = finishHash(hasher, expected);
-      markTouched();
-      const converted = await convertToDevice({
-        source: staged.file,
-        format,
-        device: disk.path,
-        deviceBytes: disk.sizeBytes,
-        signal,
-        logger: deps.logger,
-        progress: context.progress,
-        paths: deps.paths,
-      });
-      bytesWritten = converted.bytesWritten;
-    } finally {
-      await staged.remove();
-    }
-  } else {
-    const writer = await openBlockWriter(disk.path, { direct: deps.direct ?? true });
-    markTouched();
-    let finished = false;
-    try {
-      const sink = new Writable({
-        highWaterMark: 1,
-        write: (chunk: Buffer, _encoding, callback) => {
-          writer.write(chunk).then(() => callback(), callback);
+  const { head, chunks, close } = await peek(stream.body);
+  // Also closes the connection when the write is refused or fails before the body was read.
+  try {
+    const format = request.disk_format === 'raw' ? 'raw' : detectFormat(head);
+    // Only a raw image's size is known before writing; compressed ones are checked as they expand
+    // (the writer refuses to pass the end) and qemu formats by their virtual size.
+    if (format === 'raw' && stream.totalBytes !== null && stream.totalBytes > disk.sizeBytes) {
+      throw new AgentError(
+        'DEVICE_TOO_SMALL',
+        `the image is ${stream.totalBytes} bytes and ${disk.path} holds only ${disk.sizeBytes}: choose a larger disk`,
+        {
+          details: { image_bytes: stream.totalBytes, device_bytes: disk.sizeBytes, device: disk.path },
         },
-      });
-      const source = Readable.from(hashed());
-      if (format === 'raw') await pipeline(source, sink, { signal });
-      else await pipeline(source, createDecompressor(format, { signal }), sink, { signal });
-      digest = finishHash(hasher, expected);
-      ({ bytesWritten } = await writer.finish());
-      finished = true;
-    } finally {
-      if (!finished) await writer.abort().catch(() => undefined);
+      );
     }
+    if (request.disk_format === 'qcow2' && format !== 'qcow2') {
+      throw new AgentError('UNSUPPORTED_FORMAT', `disk_format qcow2 was given but the image is ${format}`, {
+        details: { format },
+      });
+    }
+    const total = stream.totalBytes;
+    let downloaded = 0;
+    let lastTick = performance.now();
+    let lastBytes = 0;
+    let rate: number | null = null;
+    const report = (phase: string): void => {
+      const now = performance.now();
+      if (now - lastTick >= 500) {
+        rate = Math.round(((downloaded - lastBytes) * 1000) / (now - lastTick));
+        lastTick = now;
+        lastBytes = downloaded;
+      }
+      context.progress({ phase, done: downloaded, total, unit: 'bytes', rate, message: format });
+    };
+    async function* hashed(): AsyncGenerator<Buffer> {
+      for await (const chunk of chunks) {
+        hasher.update(chunk);
+        downloaded += chunk.length;
+        report(QEMU_FORMATS.has(format) ? 'download' : 'write');
+        yield chunk;
+      }
+    }
+
+    let bytesWritten: number;
+    let digest: string;
+    if (QEMU_FORMATS.has(format)) {
+      // qemu-img needs the whole file: staged in RAM (tmpfs), verified, and only then converted.
+      const budget = await checkMemoryFor(total, { paths: deps.paths, stagingDir: deps.stagingDir });
+      const staged = await stageImage({ chunks: hashed(), dir: deps.stagingDir, budget, signal });
+      try {
+        digest = finishHash(hasher, expected);
+        markTouched();
+        const converted = await convertToDevice({
+          source: staged.file,
+          format,
+          device: disk.path,
+          deviceBytes: disk.sizeBytes,
+          signal,
+          logger: deps.logger,
+          progress: context.progress,
+          paths: deps.paths,
+        });
+        bytesWritten = converted.bytesWritten;
+      } finally {
+        await staged.remove();
+      }
+    } else {
+      const writer = await openBlockWriter(disk.path, { direct: deps.direct ?? true });
+      markTouched();
+      let finished = false;
+      try {
+        const sink = new Writable({
+          highWaterMark: 1,
+          write: (chunk: Buffer, _encoding, callback) => {
+            writer.write(chunk).then(() => callback(), callback);
+          },
+        });
+        const source = Readable.from(hashed());
+        if (format === 'raw') await pipeline(source, sink, { signal });
+        else await pipeline(source, createDecompressor(format, { signal }), sink, { signal });
+        digest = finishHash(hasher, expected);
+        ({ bytesWritten } = await writer.finish());
+        finished = true;
+      } finally {
+        if (!finished) await writer.abort().catch(() => undefined);
+      }
+    }
+    const stats = stream.stats();
+    return {
+      bytes_written: bytesWritten,
+      bytes_downloaded: downloaded,
+      format,
+      checksum: { algorithm: hasher.algorithm, hex: digest, verified: expected !== null },
+      resumes: stats.resumes,
+    };
+  } finally {
+    await close().catch(() => undefined);
   }
-  const stats = stream.stats();
-  return {
-    bytes_written: bytesWritten,
-    bytes_downloaded: downloaded,
-    format,
-    checksum: { algorithm: hasher.algorithm, hex: digest, verified: expected !== null },
-    resumes: stats.resumes,
-  };
 };
 
 /** Ends the hash: a mismatch throws CHECKSUM_MISMATCH before the image is finished or converted. */
