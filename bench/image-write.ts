@@ -139,7 +139,7 @@ const ours = async (
   );
   const ms = performance.now() - started;
   delay.disable();
-  if (result.bytes_written !== SIZE || !result.checksum.verified)
+  if (result.bytes_written !== SIZE || !result.checksum_verified)
     throw new Error(`unexpected result ${JSON.stringify(result)}`);
   return { ms, peakRssMiB: (await rssKiB('VmHWM')) / 1024, baseRssMiB, loopDelayMaxMs: delay.max / 1e6 };
 };

@@ -9,12 +9,11 @@ const asStrings = (value: unknown): string[] =>
   value === undefined ? [] : (Array.isArray(value) ? value : [value]).map(String);
 
 export const renderImageResult = (result: Record<string, unknown>): string => {
-  const checksum = (result.checksum ?? {}) as { algorithm?: unknown; hex?: unknown; verified?: unknown };
   const bytes = typeof result.bytes_written === 'number' ? result.bytes_written : null;
   const rate = typeof result.rate_bytes_per_s === 'number' ? result.rate_bytes_per_s : null;
   return [
     `wrote ${formatBytes(bytes)} (${String(result.format)}) to ${String(result.device)} in ${String(result.seconds)} s, ${formatBytes(rate)}/s`,
-    `${String(checksum.algorithm)} ${String(checksum.hex)} ${checksum.verified === true ? '(verified)' : '(not verified: no checksum given)'}`,
+    `${String(result.checksum)} ${result.checksum_verified === true ? '(verified)' : '(not verified: no checksum given)'}`,
     `resumed ${String(result.resumes)} time(s), restarted ${String(result.restarts)} time(s)`,
   ].join('\n');
 };

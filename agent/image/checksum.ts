@@ -272,16 +272,22 @@ export const createHasher = (expected: ExpectedChecksum | null): Hasher => {
       hash.update(chunk);
     },
     digestHex,
-    verify() {
-      const actual = digestHex();
-      if (expected !== null && actual !== expected.hex.toLowerCase()) {
-        throw new AgentError(
-          'CHECKSUM_MISMATCH',
-          `the image's ${algorithm} is ${actual}, expected ${expected.hex} (from ${expected.source})`,
-          { details: { algorithm, expected: expected.hex, actual, source: expected.source } },
-        );
-      }
-      return actual;
-    },
+    verify: () => checkDigest(expected, algorithm, digestHex()),
   };
+};
+
+/** Throws CHECKSUM_MISMATCH unless `actual` equals the expected value; returns `actual`. */
+export const checkDigest = (
+  expected: ExpectedChecksum | null,
+  algorithm: HashAlgorithm,
+  actual: string,
+): string => {
+  if (expected !== null && actual !== expected.hex.toLowerCase()) {
+    throw new AgentError(
+      'CHECKSUM_MISMATCH',
+      `the image's ${algorithm} is ${actual}, expected ${expected.hex} (from ${expected.source})`,
+      { details: { algorithm, expected: expected.hex, actual, source: expected.source } },
+    );
+  }
+  return actual;
 };
