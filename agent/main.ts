@@ -33,6 +33,18 @@ const withSettings = (argv: Argv): Argv => {
   return configured;
 };
 
+/** The disk a verb acts on: named, or chosen by root device hints (IPA's default disk without either). */
+const withDiskTarget = <T>(argv: Argv<T>) =>
+  argv
+    .option('device', { type: 'string', requiresArg: true, describe: 'the whole disk, e.g. /dev/sda' })
+    .option('hint', {
+      type: 'string',
+      array: true,
+      requiresArg: true,
+      describe: 'root device hint KEY=VALUE (repeatable), e.g. serial=S3Z or "size=>= 100"',
+    })
+    .conflicts('device', 'hint');
+
 const invoke = (verb: Verb) => async (flags: Record<string, unknown>) => {
   try {
     process.exitCode = await verb(flags);
@@ -81,21 +93,7 @@ await withSettings(
         .command(
           'erase-metadata',
           'wipe partition-table and filesystem signatures at both ends of one disk',
-          (z) =>
-            z
-              .option('device', {
-                type: 'string',
-                requiresArg: true,
-                describe: 'the whole disk, e.g. /dev/sda',
-              })
-              .option('hint', {
-                type: 'string',
-                array: true,
-                requiresArg: true,
-                describe: 'root device hint KEY=VALUE (repeatable), e.g. serial=S3Z or "size=>= 100"',
-              })
-              .conflicts('device', 'hint')
-              .option('json', { type: 'boolean', describe: 'print the result as JSON' }),
+          (z) => withDiskTarget(z).option('json', { type: 'boolean', describe: 'print the result as JSON' }),
           invoke(runDiskEraseMetadata),
         )
         .demandCommand(1, 'name a disk command'),
@@ -106,24 +104,11 @@ await withSettings(
           'write <url>',
           'stream an image onto the root disk, verified by checksum',
           (z) =>
-            z
+            withDiskTarget(z)
               .positional('url', {
                 type: 'string',
                 describe: 'http(s) URL of the image (raw, gzip, xz, zstd, bzip2, qcow2)',
               })
-              .option('device', {
-                type: 'string',
-                requiresArg: true,
-                describe: 'the whole disk, e.g. /dev/sda',
-              })
-              .option('hint', {
-                type: 'string',
-                array: true,
-                requiresArg: true,
-                describe:
-                  'root device hint KEY=VALUE (repeatable); no device and no hint: the smallest disk of 4 GiB or more',
-              })
-              .conflicts('device', 'hint')
               .option('checksum', {
                 type: 'string',
                 requiresArg: true,

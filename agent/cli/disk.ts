@@ -1,7 +1,5 @@
-import { buildRegistry } from '../commands/catalog.js';
 import { AgentError } from '../util/errors.js';
-import { EXIT_OK, prepare } from './context.js';
-import { runLocally } from './local-run.js';
+import { flagList, runVerb } from './local-run.js';
 
 /**
  * `--hint KEY=VALUE` (repeatable) as a hints object. Values stay strings: the hints parser reads
@@ -23,9 +21,6 @@ export const parseHintFlags = (values: readonly string[]): Record<string, string
   return hints;
 };
 
-const asStrings = (value: unknown): string[] =>
-  value === undefined ? [] : (Array.isArray(value) ? value : [value]).map(String);
-
 export const renderErase = (result: { device?: unknown; wiped?: unknown; seconds?: unknown }): string => {
   const wiped = Array.isArray(result.wiped) ? result.wiped.map(String) : [];
   return `erased metadata on ${String(result.device)} in ${String(result.seconds)} s\n${wiped.map((entry) => `  ${entry}\n`).join('')}`;
@@ -33,21 +28,9 @@ export const renderErase = (result: { device?: unknown; wiped?: unknown; seconds
 
 export const runDiskEraseMetadata = async (flags: Record<string, unknown>): Promise<number> => {
   const device = typeof flags.device === 'string' ? flags.device : undefined;
-  const hintFlags = asStrings(flags.hint);
+  const hintFlags = flagList(flags.hint);
   if ((device === undefined) === (hintFlags.length === 0))
     throw new AgentError('INVALID_CONFIG', 'give --device DEV or one or more --hint KEY=VALUE (not both)');
   const params = device === undefined ? { root_device_hints: parseHintFlags(hintFlags) } : { device };
-  const { loaded, logger } = await prepare(flags, { stream: 'stderr' });
-  const json = flags.json === true;
-  const { exitCode, record } = await runLocally(
-    buildRegistry(loaded.config, logger),
-    logger,
-    'disk.erase_metadata',
-    params,
-    { json },
-  );
-  if (exitCode !== EXIT_OK || !record) return exitCode;
-  const result = record.result ?? {};
-  process.stdout.write(json ? `${JSON.stringify(result, null, 2)}\n` : renderErase(result));
-  return EXIT_OK;
+  return runVerb(flags, 'disk.erase_metadata', params, renderErase);
 };

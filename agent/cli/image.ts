@@ -1,12 +1,7 @@
-import { buildRegistry } from '../commands/catalog.js';
 import { AgentError } from '../util/errors.js';
-import { EXIT_OK, prepare } from './context.js';
 import { formatBytes } from './format.js';
 import { parseHintFlags } from './disk.js';
-import { runLocally } from './local-run.js';
-
-const asStrings = (value: unknown): string[] =>
-  value === undefined ? [] : (Array.isArray(value) ? value : [value]).map(String);
+import { flagList, runVerb } from './local-run.js';
 
 export const renderImageResult = (result: Record<string, unknown>): string => {
   const bytes = typeof result.bytes_written === 'number' ? result.bytes_written : null;
@@ -24,7 +19,7 @@ export const runImageWrite = async (flags: Record<string, unknown>): Promise<num
   if (!url)
     throw new AgentError('INVALID_CONFIG', 'name the image URL: bm-agent image write URL --device DEV');
   const device = typeof flags.device === 'string' ? flags.device : undefined;
-  const hintFlags = asStrings(flags.hint);
+  const hintFlags = flagList(flags.hint);
   if (device !== undefined && hintFlags.length > 0) {
     throw new AgentError('INVALID_CONFIG', 'give --device DEV or --hint KEY=VALUE, not both');
   }
@@ -33,17 +28,5 @@ export const runImageWrite = async (flags: Record<string, unknown>): Promise<num
   if (hintFlags.length > 0) params.root_device_hints = parseHintFlags(hintFlags);
   if (typeof flags.checksum === 'string') params.checksum = flags.checksum;
   if (typeof flags['disk-format'] === 'string') params.disk_format = flags['disk-format'];
-  const { loaded, logger } = await prepare(flags, { stream: 'stderr' });
-  const json = flags.json === true;
-  const { exitCode, record } = await runLocally(
-    buildRegistry(loaded.config, logger),
-    logger,
-    'image.write',
-    params,
-    { json },
-  );
-  if (exitCode !== EXIT_OK || !record) return exitCode;
-  const result = record.result ?? {};
-  process.stdout.write(json ? `${JSON.stringify(result, null, 2)}\n` : `${renderImageResult(result)}\n`);
-  return EXIT_OK;
+  return runVerb(flags, 'image.write', params, (result) => `${renderImageResult(result)}\n`);
 };

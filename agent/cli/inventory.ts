@@ -1,7 +1,5 @@
-import { buildRegistry } from '../commands/catalog.js';
-import { EXIT_OK, prepare } from './context.js';
 import { formatBytes, renderTable } from './format.js';
-import { runLocally } from './local-run.js';
+import { runVerb } from './local-run.js';
 
 interface InventoryView {
   cpu?: { model_name?: unknown; count?: unknown; architecture?: unknown; frequency?: unknown };
@@ -68,20 +66,10 @@ export const renderInventory = (inventory: InventoryView): string => {
   return `${lines.join('\n')}\n`;
 };
 
-export const runInventory = async (flags: Record<string, unknown>): Promise<number> => {
-  const { loaded, logger } = await prepare(flags, { stream: 'stderr' });
-  const json = flags.json === true;
-  const params: Record<string, unknown> = {};
-  if (flags.lldp === true || loaded.config.collectLldp) params.lldp = true;
-  const { exitCode, record } = await runLocally(
-    buildRegistry(loaded.config, logger),
-    logger,
+export const runInventory = (flags: Record<string, unknown>): Promise<number> =>
+  runVerb(
+    flags,
     'inventory.collect',
-    params,
-    { json },
+    (config) => (flags.lldp === true || config.collectLldp ? { lldp: true } : {}),
+    (result) => renderInventory((result.inventory ?? {}) as InventoryView),
   );
-  if (exitCode !== EXIT_OK || !record) return exitCode;
-  const inventory = (record.result?.inventory ?? {}) as InventoryView;
-  process.stdout.write(json ? `${JSON.stringify(record.result, null, 2)}\n` : renderInventory(inventory));
-  return EXIT_OK;
-};

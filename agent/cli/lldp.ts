@@ -1,8 +1,6 @@
-import { buildRegistry } from '../commands/catalog.js';
 import type { InterfaceLldp } from '../lldp/types.js';
-import { EXIT_OK, prepare } from './context.js';
 import { renderTable } from './format.js';
-import { runLocally } from './local-run.js';
+import { flagList, runVerb } from './local-run.js';
 
 const first = (...values: Array<string | undefined>): string | null =>
   values.find((value) => value !== undefined && value !== '') ?? null;
@@ -41,28 +39,13 @@ export const renderLldp = (interfaces: InterfaceLldp[]): string => {
   return `${table}\n${warnings.length > 0 ? `\nwarnings:\n  ${warnings.join('\n  ')}\n` : ''}`;
 };
 
-const asStrings = (value: unknown): string[] | undefined => {
-  if (value === undefined) return undefined;
-  return (Array.isArray(value) ? value : [value]).map(String);
-};
-
-export const runLldp = async (flags: Record<string, unknown>): Promise<number> => {
-  const { loaded, logger } = await prepare(flags, { stream: 'stderr' });
-  const json = flags.json === true;
+export const runLldp = (flags: Record<string, unknown>): Promise<number> => {
   const params: Record<string, unknown> = {};
-  const interfaces = asStrings(flags.interface);
-  if (interfaces !== undefined) params.interfaces = interfaces;
+  const interfaces = flagList(flags.interface);
+  if (interfaces.length > 0) params.interfaces = interfaces;
   // Left to the engine's schema check when malformed, so the message names the field.
   if (flags.timeout !== undefined) params.timeout_s = flags.timeout;
-  const { exitCode, record } = await runLocally(
-    buildRegistry(loaded.config, logger),
-    logger,
-    'lldp.collect',
-    params,
-    { json },
+  return runVerb(flags, 'lldp.collect', params, (result) =>
+    renderLldp((result as { interfaces?: InterfaceLldp[] }).interfaces ?? []),
   );
-  if (exitCode !== EXIT_OK || !record) return exitCode;
-  const result = (record.result ?? {}) as { interfaces?: InterfaceLldp[] };
-  process.stdout.write(json ? `${JSON.stringify(result, null, 2)}\n` : renderLldp(result.interfaces ?? []));
-  return EXIT_OK;
 };

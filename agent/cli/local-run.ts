@@ -1,8 +1,10 @@
+import { buildRegistry } from '../commands/catalog.js';
 import { CommandEngine } from '../commands/engine.js';
+import type { Config } from '../config/options.js';
 import type { CommandRegistry } from '../commands/registry.js';
 import type { CommandRecord } from '../protocol/schema.js';
 import type { Logger } from '../util/logger.js';
-import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from './context.js';
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, prepare } from './context.js';
 import { ProgressBar } from './format.js';
 
 export interface LocalRunOutcome {
@@ -47,4 +49,34 @@ export const runLocally = async (
     return { exitCode: EXIT_FAILED, record };
   }
   return { exitCode: EXIT_OK, record };
+};
+
+/** Flag values that may be given once or repeated, as strings. */
+export const flagList = (value: unknown): string[] =>
+  value === undefined ? [] : (Array.isArray(value) ? value : [value]).map(String);
+
+/**
+ * One local verb: settings, the command through the engine, then its result as JSON (`--json`)
+ * or as text for a person. `params` may read the settings (e.g. `ipa-collect-lldp`).
+ */
+export const runVerb = async (
+  flags: Record<string, unknown>,
+  name: string,
+  params: Record<string, unknown> | ((config: Config) => Record<string, unknown>),
+  render: (result: Record<string, unknown>) => string,
+): Promise<number> => {
+  const { loaded, logger } = await prepare(flags, { stream: 'stderr' });
+  const json = flags.json === true;
+  const resolved = typeof params === 'function' ? params(loaded.config) : params;
+  const { exitCode, record } = await runLocally(
+    buildRegistry(loaded.config, logger),
+    logger,
+    name,
+    resolved,
+    { json },
+  );
+  if (exitCode !== EXIT_OK || !record) return exitCode;
+  const result = record.result ?? {};
+  process.stdout.write(json ? `${JSON.stringify(result, null, 2)}\n` : render(result));
+  return EXIT_OK;
 };
