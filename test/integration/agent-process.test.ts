@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readFile, symlink, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -40,6 +40,7 @@ const startAgent = async (
 /** A sysfs tree with one NIC whose `speed` attribute is a FIFO: reading it blocks until the test writes. */
 const sysTreeWithSlowAttribute = async (slow = true): Promise<{ root: string; fifo: string }> => {
   const root = await mkdtemp(path.join(os.tmpdir(), 'bma-sys-slow-'));
+  cleanups.push(() => rm(root, { recursive: true, force: true }));
   const nic = path.join(root, 'class', 'net', 'eth0');
   await mkdir(path.join(root, 'devices', 'pci0000:00', '0000:00:03.0'), { recursive: true });
   await mkdir(nic, { recursive: true });
@@ -114,6 +115,7 @@ describe('the agent process', () => {
     const conductor = await ReferenceConductor.start({ heartbeatIntervalS: 0.5 });
     cleanups.push(() => conductor.stop());
     const bin = await mkdtemp(path.join(os.tmpdir(), 'bma-power-bin-'));
+    cleanups.push(() => rm(bin, { recursive: true, force: true }));
     const marks = path.join(bin, 'calls');
     for (const tool of ['sync', 'poweroff', 'reboot']) {
       await writeFile(path.join(bin, tool), `#!/bin/sh\necho "${tool} $* $(date +%s%3N)" >> "${marks}"\n`);

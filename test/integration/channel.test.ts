@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -237,7 +237,9 @@ describe('commands over the channel', () => {
 
 describe('reconnecting', () => {
   it('keeps a result across a conductor restart in the middle of the command and delivers it exactly once', async () => {
-    const statePath = path.join(await mkdtemp(path.join(os.tmpdir(), 'bma-conductor-')), 'state.json');
+    const stateDir = await mkdtemp(path.join(os.tmpdir(), 'bma-conductor-'));
+    cleanups.push(() => rm(stateDir, { recursive: true, force: true }));
+    const statePath = path.join(stateDir, 'state.json');
     const first = await ReferenceConductor.start({ heartbeatIntervalS: 0.2, statePath });
     const agent = startInProcessAgent(first.url);
     cleanups.push(() => agent.stop());

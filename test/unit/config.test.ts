@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
@@ -131,5 +131,6 @@ describe('configuration layers', () => {
     );
     const missing = await loadConfig({ env: { BMA_CMDLINE: path.join(dir, 'missing') }, flags: {} });
     assert.equal(missing.notices[0]?.level, 'warn');
+    await rm(dir, { recursive: true, force: true });
   });
 });

@@ -116,6 +116,7 @@ before(async () => {
 
 after(async () => {
   await rm(bin, { recursive: true, force: true });
+  if (root) await rm(root, { recursive: true, force: true });
 });
 
 beforeEach(async () => {
