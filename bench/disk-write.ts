@@ -24,24 +24,11 @@ import { pipeline } from 'node:stream/promises';
 import { openBlockWriter } from '../agent/image/block-writer.js';
 import { createDecompressor } from '../agent/image/decompress.js';
 import { findOnPath } from '../agent/util/run-process.js';
+import { argument, median, MiB } from './common.js';
 
-const MiB = 1024 * 1024;
-
-const argument = (name: string, fallback: number): number => {
-  const index = process.argv.indexOf(`--${name}`);
-  const value = index >= 0 ? Number(process.argv[index + 1]) : NaN;
-  return Number.isInteger(value) && value > 0 ? value : fallback;
-};
 const RUNS = argument('runs', 3);
 const SIZE = argument('size-mib', 1024) * MiB;
 
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1
-    ? (sorted[middle] ?? 0)
-    : ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
-};
 const mbps = (bytes: number, ms: number): number => bytes / 1e6 / (ms / 1000);
 
 /** Runs a program (or a shell pipeline) to completion; returns its wall time in ms. */

@@ -27,12 +27,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { openImageStream } from '../agent/image/fetch.js';
 import { silentLogger } from '../agent/util/logger.js';
-
-const argument = (name: string, fallback: number): number => {
-  const index = process.argv.indexOf(`--${name}`);
-  const value = index >= 0 ? Number(process.argv[index + 1]) : NaN;
-  return Number.isInteger(value) && value > 0 ? value : fallback;
-};
+import { argument, median } from './common.js';
 
 const SELF = fileURLToPath(import.meta.url);
 const SERVER = fileURLToPath(new URL('../test/support/faulty-http-server.js', import.meta.url));
@@ -134,14 +129,6 @@ const startServer = async (file: string): Promise<Server> => {
       clearTimeout(timer);
     },
   };
-};
-
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1
-    ? (sorted[middle] ?? 0)
-    : ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
 };
 
 const range = (values: number[], digits: number): string =>

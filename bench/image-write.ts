@@ -25,25 +25,13 @@ import { silentLogger } from '../agent/util/logger.js';
 import { findOnPath } from '../agent/util/run-process.js';
 import { LoopDevice, sha256OfRange } from '../test/support/image-loop.js';
 import { LoopLab } from '../test/support/loop-lab.js';
+import { argument, median, MiB } from './common.js';
 
-const MiB = 1024 * 1024;
 const BLOCK = 4 * MiB;
 
-const argument = (name: string, fallback: number): number => {
-  const index = process.argv.indexOf(`--${name}`);
-  const value = index >= 0 ? Number(process.argv[index + 1]) : NaN;
-  return Number.isInteger(value) && value > 0 ? value : fallback;
-};
 const RUNS = argument('runs', 3);
 const SIZE = argument('size-mib', 1024) * MiB;
 
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1
-    ? (sorted[middle] ?? 0)
-    : ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
-};
 const mbps = (ms: number): number => SIZE / 1e6 / (ms / 1000);
 
 const run = (file: string, args: string[]): Promise<number> =>

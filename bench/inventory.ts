@@ -19,14 +19,10 @@ import { fileURLToPath } from 'node:url';
 import { collectInventory, INVENTORY_PARTS } from '../agent/hardware/generic/inventory/index.js';
 import { DEFAULT_PATHS } from '../agent/hardware/paths.js';
 import { findOnPath, runProcess, type RunProcess } from '../agent/util/run-process.js';
+import { argument } from './common.js';
 
 const TARGET_MS = 200;
 
-const argument = (name: string, fallback: number): number => {
-  const index = process.argv.indexOf(`--${name}`);
-  const value = index >= 0 ? Number(process.argv[index + 1]) : NaN;
-  return Number.isInteger(value) && value > 0 ? value : fallback;
-};
 const RUNS = argument('runs', 20);
 const TOOL_RUNS = argument('tool-runs', 10);
 

@@ -23,6 +23,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { PcapStreamReader } from '../agent/lldp/pcap.js';
 import type { InterfaceLldp } from '../agent/lldp/types.js';
 import { lldpLabSkipReason, NetnsLab, type SwitchSpec } from '../test/support/netns.js';
+import { median } from './common.js';
 
 const RUNS = 5;
 const CABLED = 4;
@@ -106,14 +107,6 @@ interface RunFigures {
   collectionEndAfterFrameMs: number;
   ipaMs: number;
 }
-
-const median = (values: number[]): number => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1
-    ? (sorted[middle] ?? 0)
-    : ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
-};
 
 const main = async (): Promise<void> => {
   const skip = await lldpLabSkipReason();

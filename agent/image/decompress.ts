@@ -19,7 +19,7 @@ import {
   OutputTail,
   requireTool,
   terminate,
-} from './tool-process.js';
+} from '../util/tool-process.js';
 
 /** Enough of the head to tell every supported format (vdi's signature sits at offset 64). */
 export const FORMAT_PROBE_BYTES = 512;

@@ -24,7 +24,7 @@ import {
   OutputTail,
   requireTool,
   terminate,
-} from './tool-process.js';
+} from '../util/tool-process.js';
 
 const QEMU_IMG = 'qemu-img';
 const QEMU_PACKAGE = 'qemu-utils';

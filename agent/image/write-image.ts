@@ -18,7 +18,7 @@ import {
 import { fetchText, openImageStream, type FetchTextOptions } from './fetch.js';
 import { createInlineHasher, createOffThreadHasher, type AsyncHasher } from './hash-worker.js';
 import { checkMemoryFor, convertToDevice, stageImage } from './qcow2.js';
-import { abortError } from './tool-process.js';
+import { abortError } from '../util/tool-process.js';
 
 export interface WriteImageRequest {
   url: string;

@@ -6,8 +6,8 @@ import { after, before, describe, it } from 'node:test';
 import { listCandidateDisks } from '../../agent/hardware/generic/disks/candidates.js';
 import { selectTargetDisk, type SelectDeps } from '../../agent/hardware/generic/disks/select.js';
 import type { SelectDiskOptions } from '../../agent/image/contracts.js';
-import { AgentError } from '../../agent/util/errors.js';
 import { GIB, haveTools, LoopLab, loopLabSkipReason, MIB, sh, type LoopDisk } from '../support/loop-lab.js';
+import { rejectsWithCode } from '../support/agent-errors.js';
 
 /*
  * Disk selection and every refusal on real loop devices, seen through a tree (BMA_SYS/BMA_DEV
@@ -24,18 +24,6 @@ const skipSwap = skip || ((await haveTools('mkswap', 'swapon', 'swapoff')) ?? fa
 // The agent never offers loop devices unless named; these tests drive hints over their own.
 const withLoops: SelectDeps = {
   listCandidates: (paths, signal) => listCandidateDisks(paths, { signal, includeLoops: true }),
-};
-
-const rejects = async (promise: Promise<unknown>, code: string, message?: RegExp): Promise<AgentError> => {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(AgentError.is(error), `expected an AgentError, got ${String(error)}`);
-    assert.equal(error.code, code, error.message);
-    if (message) assert.match(error.message, message);
-    return error;
-  }
-  assert.fail(`expected ${code}, but it succeeded`);
 };
 
 describe('target disk selection on loop devices', { skip }, () => {
@@ -98,22 +86,22 @@ describe('target disk selection on loop devices', { skip }, () => {
   });
 
   it('reports NO_MATCHING_DISK with the candidates when nothing matches', async () => {
-    const error = await rejects(select({ hints: { size: '>= 100' } }, withLoops), 'NO_MATCHING_DISK');
+    const error = await rejectsWithCode(select({ hints: { size: '>= 100' } }, withLoops), 'NO_MATCHING_DISK');
     const names = (error.details.candidates as Array<{ name: string }>).map((disk) => disk.name).sort();
     assert.deepEqual(names, lab.loops.map((disk) => `/dev/${disk.kname}`).sort());
   });
 
   it('offers a loop device only when it is named', async () => {
-    await rejects(select({ hints: { name: five.kname } }), 'NO_MATCHING_DISK');
-    await rejects(select({}), 'NO_MATCHING_DISK', /no disks were found/);
+    await rejectsWithCode(select({ hints: { name: five.kname } }), 'NO_MATCHING_DISK');
+    await rejectsWithCode(select({}), 'NO_MATCHING_DISK', /no disks were found/);
     for (const device of [five.kname, `/dev/${five.kname}`, five.node])
       assert.equal((await select({ device })).path, five.node);
   });
 
   it('checks hints before listing anything', async () => {
-    const error = await rejects(select({ hints: { sise: 10 } }, withLoops), 'INVALID_PARAMS', /sise/);
+    const error = await rejectsWithCode(select({ hints: { sise: 10 } }, withLoops), 'INVALID_PARAMS', /sise/);
     assert.equal(error.details.field, 'root_device_hints.sise');
-    await rejects(select({ device: five.kname, hints: { size: 5 } }), 'INVALID_PARAMS', /not both/);
+    await rejectsWithCode(select({ device: five.kname, hints: { size: 5 } }), 'INVALID_PARAMS', /not both/);
   });
 
   it('refuses what is not a whole block device under the dev root', async () => {
@@ -138,26 +126,26 @@ describe('target disk selection on loop devices', { skip }, () => {
       ['nope', 'DEVICE_NOT_FOUND', /no device nope/],
       ['/dev/sda', 'DEVICE_NOT_FOUND', /no device/],
     ];
-    for (const [device, code, message] of cases) await rejects(select({ device }), code, message);
+    for (const [device, code, message] of cases) await rejectsWithCode(select({ device }), code, message);
     // A link inside the dev root is followed, and the disk is reported by its own node.
     assert.equal((await select({ device: 'inside-link' })).path, five.node);
   });
 
   it('refuses a disk smaller than what must be written', async () => {
-    const error = await rejects(
+    const error = await rejectsWithCode(
       select({ device: small.kname, minSizeBytes: 64 * MIB + 512 }),
       'DEVICE_TOO_SMALL',
     );
     assert.equal(error.details.size_bytes, 64 * MIB);
     assert.equal((await select({ device: small.kname, minSizeBytes: 64 * MIB })).sizeBytes, 64 * MIB);
     // The default choice is IPA's (smallest of at least 4 GiB) and then refused: never silently another disk.
-    await rejects(select({ minSizeBytes: 5 * GIB + 1 }, withLoops), 'DEVICE_TOO_SMALL');
+    await rejectsWithCode(select({ minSizeBytes: 5 * GIB + 1 }, withLoops), 'DEVICE_TOO_SMALL');
   });
 
   it('refuses a read-only disk', async () => {
     await lab.setReadOnly(small, true);
     try {
-      await rejects(select({ device: small.kname }), 'DEVICE_READ_ONLY', /blockdev --setrw/);
+      await rejectsWithCode(select({ device: small.kname }), 'DEVICE_READ_ONLY', /blockdev --setrw/);
     } finally {
       await lab.setReadOnly(small, false);
     }
@@ -169,7 +157,7 @@ describe('target disk selection on loop devices', { skip }, () => {
     await sh('mkfs.ext4', ['-q', disk.real]);
     const target = await lab.mount(disk.real);
     try {
-      const error = await rejects(select({ device: disk.kname }), 'DEVICE_BUSY', /is mounted on/);
+      const error = await rejectsWithCode(select({ device: disk.kname }), 'DEVICE_BUSY', /is mounted on/);
       assert.equal(error.details.reason, 'mounted');
       assert.equal(error.details.mount_point, target);
     } finally {
@@ -182,7 +170,7 @@ describe('target disk selection on loop devices', { skip }, () => {
     const disk = await lab.addLoop(32 * MIB);
     await lab.swapOn(disk.real);
     try {
-      const error = await rejects(select({ device: disk.kname }), 'DEVICE_BUSY', /swapoff/);
+      const error = await rejectsWithCode(select({ device: disk.kname }), 'DEVICE_BUSY', /swapoff/);
       assert.equal(error.details.reason, 'swap');
     } finally {
       await lab.swapOff(disk.real);
@@ -197,7 +185,7 @@ describe('target disk selection on loop devices', { skip }, () => {
       t.diagnostic('no device-mapper in this kernel (or no dmsetup): holders simulated in the sysfs tree');
       await lab.fakeHolders(disk.kname, ['dm-42']);
     }
-    const error = await rejects(select({ device: disk.kname }), 'DEVICE_BUSY', /held by/);
+    const error = await rejectsWithCode(select({ device: disk.kname }), 'DEVICE_BUSY', /held by/);
     assert.equal(error.details.reason, 'holders');
     assert.equal((error.details.holders as string[]).length, 1);
   });
@@ -206,7 +194,11 @@ describe('target disk selection on loop devices', { skip }, () => {
     const disk = await lab.addLoop(32 * MIB);
     const holder = await open(disk.real, fsConstants.O_RDONLY | fsConstants.O_EXCL);
     try {
-      const error = await rejects(select({ device: disk.kname }), 'DEVICE_BUSY', /refused an exclusive open/);
+      const error = await rejectsWithCode(
+        select({ device: disk.kname }),
+        'DEVICE_BUSY',
+        /refused an exclusive open/,
+      );
       assert.equal(error.details.reason, 'exclusive_open');
     } finally {
       await holder.close();
@@ -224,7 +216,7 @@ describe('target disk selection on loop devices', { skip }, () => {
 
     it('refuses a partition and names its disk', async () => {
       const name = path.basename(partitions[0] ?? '');
-      const error = await rejects(select({ device: name }), 'INVALID_DEVICE', /is a partition of/);
+      const error = await rejectsWithCode(select({ device: name }), 'INVALID_DEVICE', /is a partition of/);
       assert.equal(error.details.disk, disk.kname);
     });
 
@@ -233,7 +225,7 @@ describe('target disk selection on loop devices', { skip }, () => {
       await sh('mkfs.ext4', ['-q', first]);
       const target = await lab.mount(first);
       try {
-        const error = await rejects(select({ device: disk.kname }), 'DEVICE_BUSY', /is mounted on/);
+        const error = await rejectsWithCode(select({ device: disk.kname }), 'DEVICE_BUSY', /is mounted on/);
         assert.equal(error.details.member, path.basename(first));
       } finally {
         await lab.unmount(target);
@@ -244,7 +236,11 @@ describe('target disk selection on loop devices', { skip }, () => {
       const second = partitions[1] ?? '';
       await lab.swapOn(second);
       try {
-        const error = await rejects(select({ device: disk.kname }), 'DEVICE_BUSY', /holds active swap/);
+        const error = await rejectsWithCode(
+          select({ device: disk.kname }),
+          'DEVICE_BUSY',
+          /holds active swap/,
+        );
         assert.equal(error.details.member, path.basename(second));
       } finally {
         await lab.swapOff(second);

@@ -11,10 +11,10 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FetchOptions, FetchStats, ImageStream } from '../../agent/image/contracts.js';
 import { fetchText, openImageStream } from '../../agent/image/fetch.js';
-import { AgentError } from '../../agent/util/errors.js';
 import { silentLogger } from '../../agent/util/logger.js';
 import { createTestPki, type TestPki } from '../support/certs.js';
 import { FaultyHttpServer, type FaultPlan, type FaultyServerOptions } from '../support/faulty-http-server.js';
+import { rejectsWithCode } from '../support/agent-errors.js';
 
 const SIZE = 3 * 1024 * 1024 + 123;
 const DATA = randomBytes(SIZE);
@@ -69,17 +69,6 @@ const withServer = async (
 
 const download = async (url: string, extra: Partial<FetchOptions> = {}): Promise<Outcome> =>
   drain(await openImageStream(options(url, extra)));
-
-const rejectsWith = async (promise: Promise<unknown>, code: string): Promise<AgentError> => {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(AgentError.is(error), `expected an AgentError ${code}, got ${String(error)}`);
-    assert.equal(error.code, code, error.message);
-    return error;
-  }
-  assert.fail(`expected ${code}, but the download succeeded`);
-};
 
 const assertIdentical = (outcome: Outcome): void => {
   assert.equal(outcome.bytes, SIZE);
@@ -212,7 +201,7 @@ describe('image download: a short read is never a success', () => {
       { faults: (n) => ({ kind: 'truncate', afterBytes: n === 1 ? 1_000_000 : 0 }) },
       async (server) => {
         const stream = await openImageStream(options(server.url(), { retries: 2 }));
-        const error = await rejectsWith(drain(stream), 'DOWNLOAD_TRUNCATED');
+        const error = await rejectsWithCode(drain(stream), 'DOWNLOAD_TRUNCATED');
         assert.equal(stream.stats().bytes, 1_000_000);
         assert.equal(error.details.total, SIZE);
         // The first request and 2 retries for the rest, both of them Range requests.
@@ -226,7 +215,7 @@ describe('image download: a short read is never a success', () => {
     await withServer({ faults: () => ({ kind: 'wrong-length', declaredDelta: 1000 }) }, async (server) => {
       const stream = await openImageStream(options(server.url()));
       assert.equal(stream.totalBytes, SIZE + 1000);
-      const error = await rejectsWith(drain(stream), 'DOWNLOAD_TRUNCATED');
+      const error = await rejectsWithCode(drain(stream), 'DOWNLOAD_TRUNCATED');
       assert.match(error.message, /declared/);
     });
   });
@@ -236,7 +225,7 @@ describe('image download: a short read is never a success', () => {
       { faults: () => ({ kind: 'wrong-length', declaredDelta: -100_000 }) },
       async (server) => {
         const stream = await openImageStream(options(server.url()));
-        await rejectsWith(drain(stream), 'DOWNLOAD_TOO_LONG');
+        await rejectsWithCode(drain(stream), 'DOWNLOAD_TOO_LONG');
         assert.equal(server.requests.length, 1);
       },
     );
@@ -245,7 +234,7 @@ describe('image download: a short read is never a success', () => {
   it('gives up on a server that sends a trickle and stalls, over and over', async () => {
     await withServer({ faults: () => ({ kind: 'stall', afterBytes: 1000 }) }, async (server) => {
       const stream = await openImageStream(options(server.url(), { retries: 2, stallTimeoutMs: 100 }));
-      await rejectsWith(drain(stream), 'DOWNLOAD_TRUNCATED');
+      await rejectsWithCode(drain(stream), 'DOWNLOAD_TRUNCATED');
       assert.equal(stream.stats().bytes, 3000);
       assert.equal(server.requests.length, 3);
     });
@@ -255,7 +244,7 @@ describe('image download: a short read is never a success', () => {
     await withServer({ faults: () => ({ kind: 'stall', afterBytes: 500_000 }) }, async (server) => {
       const started = performance.now();
       const stream = await openImageStream(options(server.url(), { retries: 0 }));
-      await rejectsWith(drain(stream), 'DOWNLOAD_TRUNCATED');
+      await rejectsWithCode(drain(stream), 'DOWNLOAD_TRUNCATED');
       const elapsed = performance.now() - started;
       assert.ok(elapsed >= STALL_MS && elapsed < STALL_MS + SLACK_MS, `took ${Math.round(elapsed)} ms`);
     });
@@ -268,7 +257,7 @@ describe('image download: restart from zero when a resume is unsafe', () => {
       { faults: { 1: { kind: 'truncate', afterBytes: 1_000_000 }, 2: { kind: 'ignore-range' } } },
       async (server) => {
         const stream = await openImageStream(options(server.url()));
-        await rejectsWith(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
+        await rejectsWithCode(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
         assert.equal(server.requests[1]?.range, 'bytes=1000000-');
         assert.equal(server.requests[1]?.status, 200);
         assert.equal(server.requests.length, 2);
@@ -282,7 +271,7 @@ describe('image download: restart from zero when a resume is unsafe', () => {
       async (server) => {
         const stream = await openImageStream(options(server.url()));
         const firstEtag = '"bma-' + SIZE.toString(16) + '-v0"';
-        await rejectsWith(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
+        await rejectsWithCode(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
         assert.equal(server.requests[1]?.ifRange, firstEtag);
         assert.notEqual(server.etag, firstEtag);
         assert.equal(server.requests[1]?.status, 200);
@@ -295,7 +284,7 @@ describe('image download: restart from zero when a resume is unsafe', () => {
       { etag: false, lastModified: false, faults: { 1: { kind: 'truncate', afterBytes: 1_000_000 } } },
       async (server) => {
         const stream = await openImageStream(options(server.url()));
-        const error = await rejectsWith(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
+        const error = await rejectsWithCode(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
         assert.match(error.message, /no ETag or Last-Modified/);
         assert.equal(server.requests.length, 1);
       },
@@ -311,7 +300,7 @@ describe('image download: restart from zero when a resume is unsafe', () => {
       },
       async (server) => {
         const stream = await openImageStream(options(server.url()));
-        await rejectsWith(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
+        await rejectsWithCode(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
         assert.equal(stream.stats().bytes, 1_000_000);
       },
     );
@@ -322,7 +311,7 @@ describe('image download: restart from zero when a resume is unsafe', () => {
       { faults: { 1: { kind: 'truncate', afterBytes: 1_000_000 }, 2: { kind: 'shift-range', by: 10 } } },
       async (server) => {
         const stream = await openImageStream(options(server.url()));
-        const error = await rejectsWith(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
+        const error = await rejectsWithCode(drain(stream), 'DOWNLOAD_RESTART_REQUIRED');
         assert.match(error.message, /starting at 1000010, not 1000000/);
       },
     );
@@ -334,7 +323,7 @@ describe('image download: statuses and connections', () => {
     await withServer(
       { faults: () => ({ kind: 'status', status: 404, body: 'no such image here\n' }) },
       async (server) => {
-        const error = await rejectsWith(openImageStream(options(server.url())), 'DOWNLOAD_FAILED');
+        const error = await rejectsWithCode(openImageStream(options(server.url())), 'DOWNLOAD_FAILED');
         assert.equal(error.details.status, 404);
         assert.equal(error.details.excerpt, 'no such image here');
         assert.match(error.message, /404.*no such image here/);
@@ -357,7 +346,7 @@ describe('image download: statuses and connections', () => {
 
   it('fails DOWNLOAD_FAILED after the retries when every answer is 503', async () => {
     await withServer({ faults: () => ({ kind: 'status', status: 503 }) }, async (server) => {
-      const error = await rejectsWith(
+      const error = await rejectsWithCode(
         openImageStream(options(server.url(), { retries: 2 })),
         'DOWNLOAD_FAILED',
       );
@@ -400,7 +389,7 @@ describe('image download: statuses and connections', () => {
   it('detects a server that never answers within the stall timeout', async () => {
     await withServer({ faults: () => ({ kind: 'stall-headers' }) }, async (server) => {
       const started = performance.now();
-      const error = await rejectsWith(
+      const error = await rejectsWithCode(
         openImageStream(options(server.url(), { retries: 0 })),
         'DOWNLOAD_FAILED',
       );
@@ -414,14 +403,14 @@ describe('image download: statuses and connections', () => {
     const server = await FaultyHttpServer.start({ data: DATA });
     const url = server.url();
     await server.stop();
-    const error = await rejectsWith(openImageStream(options(url, { retries: 2 })), 'DOWNLOAD_FAILED');
+    const error = await rejectsWithCode(openImageStream(options(url, { retries: 2 })), 'DOWNLOAD_FAILED');
     assert.match(error.message, /ECONNREFUSED/);
     assert.equal(error.details.attempts, 3);
   });
 
   it('refuses URLs that are not http or https', async () => {
-    await rejectsWith(openImageStream(options('ftp://127.0.0.1/image.img')), 'INVALID_URL');
-    await rejectsWith(openImageStream(options('not a url')), 'INVALID_URL');
+    await rejectsWithCode(openImageStream(options('ftp://127.0.0.1/image.img')), 'INVALID_URL');
+    await rejectsWithCode(openImageStream(options('not a url')), 'INVALID_URL');
   });
 });
 
@@ -439,7 +428,7 @@ describe('image download: cancellation', () => {
           }
         }
       })();
-      const error = await rejectsWith(consumed, 'CANCELLED');
+      const error = await rejectsWithCode(consumed, 'CANCELLED');
       assert.ok(performance.now() - cancelledAt < 200, 'cancelled promptly');
       assert.ok(error);
       for (let wait = 0; wait < 50 && server.connections > 0; wait += 1) await sleep(10);
@@ -454,7 +443,7 @@ describe('image download: cancellation', () => {
         const controller = new AbortController();
         setTimeout(() => controller.abort(), 100);
         const started = performance.now();
-        await rejectsWith(
+        await rejectsWithCode(
           openImageStream(options(server.url(), { signal: controller.signal, retryMaxMs: 60_000 })),
           'CANCELLED',
         );
@@ -496,7 +485,7 @@ describe('image download over https', () => {
   it('refuses an unverifiable certificate at once, and accepts it when insecure', async () => {
     await withServer({ tls: pki.selfSigned }, async (server) => {
       const started = performance.now();
-      const error = await rejectsWith(
+      const error = await rejectsWithCode(
         openImageStream(options(server.url(), { ca, retryBaseMs: 1000, retryMaxMs: 1000 })),
         'DOWNLOAD_FAILED',
       );
@@ -538,7 +527,7 @@ describe('fetchText', () => {
   it('refuses a document over its size limit', async () => {
     await withServer({}, async (server) => {
       const { url: _url, ...rest } = options(server.url());
-      const error = await rejectsWith(
+      const error = await rejectsWithCode(
         fetchText(server.url(), { ...rest, maxBytes: 1024 * 1024 }),
         'DOWNLOAD_FAILED',
       );

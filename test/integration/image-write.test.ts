@@ -15,11 +15,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { ProgressUpdate } from '../../agent/commands/definition.js';
 import type { ChecksumSpec } from '../../agent/image/checksum.js';
 import { writeImage, type WriteImageDeps, type WriteImageRequest } from '../../agent/image/write-image.js';
-import { AgentError } from '../../agent/util/errors.js';
 import { silentLogger } from '../../agent/util/logger.js';
 import { FaultyHttpServer, type FaultyServerOptions } from '../support/faulty-http-server.js';
 import { sha256OfRange } from '../support/image-loop.js';
 import { haveTools, LoopLab, loopLabSkipReason, MIB, sh, type LoopDisk } from '../support/loop-lab.js';
+import { rejectsWithCode } from '../support/agent-errors.js';
 
 const skip =
   (await loopLabSkipReason()) ??
@@ -41,17 +41,6 @@ interface Variant {
 const digest = (algorithm: string, data: Buffer): string => createHash(algorithm).update(data).digest('hex');
 
 const variant = (bytes: Buffer): Variant => ({ bytes, sha256: digest('sha256', bytes) });
-
-const rejects = async (promise: Promise<unknown>, code: string): Promise<AgentError> => {
-  try {
-    await promise;
-  } catch (error) {
-    assert.ok(AgentError.is(error), `expected an AgentError ${code}, got ${String(error)}`);
-    assert.equal(error.code, code, error.message);
-    return error;
-  }
-  assert.fail(`expected ${code}, but it succeeded`);
-};
 
 describe('writeImage onto loop devices from a faulty HTTP server', { skip }, () => {
   let work: string;
@@ -310,7 +299,7 @@ describe('writeImage onto loop devices from a faulty HTTP server', { skip }, () 
     const { lab, disk } = await diskFor(t);
     const server = await serve(t, { data: raw.bytes });
     const wrong = digest('sha256', Buffer.from('not this image'));
-    const error = await rejects(
+    const error = await rejectsWithCode(
       write(lab, disk, { url: server.url(), checksum: `sha256:${wrong}` }),
       'CHECKSUM_MISMATCH',
     );
@@ -323,7 +312,7 @@ describe('writeImage onto loop devices from a faulty HTTP server', { skip }, () 
     const { lab, disk } = await diskFor(t);
     const before = await deviceSha(disk, disk.sizeBytes);
     const server = await serve(t, { data: raw.bytes, faults: { 1: { kind: 'status', status: 404 } } });
-    await rejects(write(lab, disk, { url: server.url() }), 'DOWNLOAD_FAILED');
+    await rejectsWithCode(write(lab, disk, { url: server.url() }), 'DOWNLOAD_FAILED');
     assert.equal(server.imageRequestLog.length, 1);
     assert.equal(await deviceSha(disk, disk.sizeBytes), before);
     await assertNoConnections(server);
@@ -336,7 +325,10 @@ describe('writeImage onto loop devices from a faulty HTTP server', { skip }, () 
       data: raw.bytes,
       faults: (n) => ({ kind: 'truncate', afterBytes: n === 1 ? 10 * MIB : 0 }),
     });
-    await rejects(write(lab, disk, { url: server.url() }, { deps: { retries: 2 } }), 'DOWNLOAD_TRUNCATED');
+    await rejectsWithCode(
+      write(lab, disk, { url: server.url() }, { deps: { retries: 2 } }),
+      'DOWNLOAD_TRUNCATED',
+    );
     // The drop itself spends the first of the 3 failures the budget allows: 1 + 2 resume attempts.
     assert.equal(server.imageRequestLog.length, 3);
     assert.ok(server.imageRequestLog.slice(1).every((request) => request.range === `bytes=${10 * MIB}-`));
@@ -352,7 +344,7 @@ describe('writeImage onto loop devices from a faulty HTTP server', { skip }, () 
       lastModified: false,
       faults: () => ({ kind: 'truncate', afterBytes: 5 * MIB }),
     });
-    await rejects(write(lab, disk, { url: server.url() }), 'DOWNLOAD_RESTART_REQUIRED');
+    await rejectsWithCode(write(lab, disk, { url: server.url() }), 'DOWNLOAD_RESTART_REQUIRED');
     assert.equal(server.imageRequestLog.length, 4, 'the first attempt and 3 restarts');
     assert.ok(server.imageRequestLog.every((request) => request.range === null));
     await assertWiped(lab, disk);
@@ -362,7 +354,7 @@ describe('writeImage onto loop devices from a faulty HTTP server', { skip }, () 
     const { lab, disk } = await diskFor(t, 32 * MIB);
     const before = await deviceSha(disk, disk.sizeBytes);
     const server = await serve(t, { data: raw.bytes });
-    const error = await rejects(write(lab, disk, { url: server.url() }), 'DEVICE_TOO_SMALL');
+    const error = await rejectsWithCode(write(lab, disk, { url: server.url() }), 'DEVICE_TOO_SMALL');
     assert.equal(error.details.image_bytes, raw.bytes.length);
     assert.equal(error.details.device_bytes, 32 * MIB);
     assert.equal(await deviceSha(disk, disk.sizeBytes), before);
@@ -373,7 +365,7 @@ describe('writeImage onto loop devices from a faulty HTTP server', { skip }, () 
     const { lab, disk } = await diskFor(t);
     const before = await deviceSha(disk, disk.sizeBytes);
     const server = await serve(t, { data: raw.bytes });
-    await rejects(
+    await rejectsWithCode(
       write(lab, disk, { url: server.url(), root_device_hints: { size: '>= 1' } }),
       'INVALID_PARAMS',
     );
@@ -396,7 +388,7 @@ describe('writeImage onto loop devices from a faulty HTTP server', { skip }, () 
         controller.abort();
       }
     };
-    await rejects(
+    await rejectsWithCode(
       write(lab, disk, { url: server.url() }, { signal: controller.signal, progress }),
       'CANCELLED',
     );

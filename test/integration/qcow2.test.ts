@@ -19,6 +19,7 @@ import { AgentError } from '../../agent/util/errors.js';
 import { silentLogger } from '../../agent/util/logger.js';
 import { findOnPath } from '../../agent/util/run-process.js';
 import { LoopDevice, loopSkipReason, patternBuffer, sha256, sha256OfRange } from '../support/image-loop.js';
+import { assertCode } from '../support/agent-errors.js';
 
 /*
  * qemu formats onto real loop devices: a qcow2 built in the test (qemu-img create, then qemu-io
@@ -81,12 +82,6 @@ const processesMentioning = async (text: string): Promise<number> => {
     if (cmdline.split('\0').includes(text)) count += 1;
   }
   return count;
-};
-
-const assertCode = (error: unknown, code: string): AgentError => {
-  assert.ok(AgentError.is(error), `expected an AgentError, got ${String(error)}`);
-  assert.equal(error.code, code, error.message);
-  return error;
 };
 
 describe('qemu formats onto a loop device', { skip }, () => {

@@ -13,6 +13,7 @@ import type { ImageFormat } from '../../agent/image/contracts.js';
 import { createDecompressor, detectFormat, type DecompressStage } from '../../agent/image/decompress.js';
 import { AgentError } from '../../agent/util/errors.js';
 import { findOnPath } from '../../agent/util/run-process.js';
+import { assertCode } from '../support/agent-errors.js';
 
 /*
  * Each compression made by the real program in the test, decompressed through the stage and
@@ -104,12 +105,6 @@ const decompress = async (
 };
 
 const fileSource = (file: string): Readable => createReadStream(file, { highWaterMark: 256 * 1024 });
-
-const assertCode = (error: unknown, code: string): AgentError => {
-  assert.ok(AgentError.is(error), `expected an AgentError, got ${String(error)}`);
-  assert.equal(error.code, code, error.message);
-  return error;
-};
 
 const processGone = (pid: number): boolean => {
   try {

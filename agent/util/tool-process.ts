@@ -6,7 +6,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import path from 'node:path';
-import { AgentError } from '../util/errors.js';
+import { AgentError } from './errors.js';
 
 /** Same bound as run-process's tails, so error records stay small whatever a tool prints. */
 const TAIL_BYTES = 4096;
