@@ -39,6 +39,34 @@ export const ERROR_CODES = {
   DEVICE_READ_ONLY: 'the disk is read-only',
   DEVICE_TOO_SMALL: 'the disk is smaller than what must be written to it',
   WIPE_FAILED: 'the partition-table and filesystem signatures could not all be wiped',
+  BLUEFIELD_NOT_FOUND: 'no BlueField matches: none in the host, or the `device` param names none of them',
+  BFB_INVALID:
+    'the file is not a complete, intact BFB (bad magic or header, an image CRC mismatch, truncated, trailing bytes)',
+  RSHIM_NOT_FOUND:
+    "the card's /dev/rshimN is missing: rshim not running, rshim disabled for the host, or the card in separated-host mode",
+  RSHIM_BUSY:
+    "another process holds the card's rshim boot device open (EBUSY); stop it (bfb-install, an rshim console) and retry",
+  RSHIM_OWNED_BY_BMC:
+    "the rshim is driven by another backend (the DPU's BMC): drop mode; hand it to the host (BMC HostRshim or FORCE_CMD) first",
+  RSHIM_LOCKED: 'the card is in secure NIC mode: the PCIe rshim refuses boot streams (EPERM)',
+  RSHIM_TIMEOUT: 'the DPU stopped taking the boot stream until the rshim boot timeout ran out',
+  BFB_INSTALL_FAILED:
+    'the DPU logged a failure while installing the BFB (CRITICAL ERROR, ERR[...], PANIC, Exception)',
+  BFB_INSTALL_TIMEOUT: 'the DPU did not report ready (or a failure) within the install timeout',
+  MODE_VERIFY_FAILED:
+    'after setting the mode, the next-boot configuration read back differs from what was set',
+  PRIVILEGE_VERIFY_FAILED:
+    'after setting the host privilege, the level read back differs from what was asked',
+  OPERATION_NOT_PERMITTED:
+    'the firmware refused the change from the host and it could not be run on the DPU either (no SSH to its Arm system)',
+  DPU_UNREACHABLE:
+    "the DPU's Arm system did not answer SSH over tmfifo (not installed yet, not booted, or no key)",
+  DPU_SCRIPT_FAILED: 'the script run on the DPU exited non-zero or was killed by a signal',
+  DPU_SCRIPT_TIMEOUT: 'the script run on the DPU did not finish within timeout_s',
+  NAT_FAILED:
+    'the tmfifo NAT could not be set up: no default-route interface, no nft or iptables, or the rules failed',
+  RSHIM_DISABLE_REFUSED:
+    'disable_rshim would cut the host off the rshim before a BFB was installed by this agent; pass force to do it anyway',
   INTERNAL: 'a bug in the agent: report it with the logs',
 } as const;
 
