@@ -2,6 +2,15 @@
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { EXIT_USAGE, exitCodeFor } from './cli/context.js';
+import {
+  runBlueFieldExec,
+  runBlueFieldInstall,
+  runBlueFieldList,
+  runBlueFieldNat,
+  runBlueFieldSetMode,
+  runBlueFieldSetPrivilege,
+  runBlueFieldStatus,
+} from './cli/bluefield.js';
 import { runDiskEraseMetadata } from './cli/disk.js';
 import { runImageWrite } from './cli/image.js';
 import { runInventory } from './cli/inventory.js';
@@ -44,6 +53,19 @@ const withDiskTarget = <T>(argv: Argv<T>) =>
       describe: 'root device hint KEY=VALUE (repeatable), e.g. serial=S3Z or "size=>= 100"',
     })
     .conflicts('device', 'hint');
+
+/** Every bluefield verb prints JSON on request; those that act on a card can name one. */
+const withBlueField = <T>(argv: Argv<T>, device: boolean) => {
+  const json = argv.option('json', { type: 'boolean', describe: 'print the result as JSON' });
+  return device
+    ? json.option('device', {
+        type: 'string',
+        requiresArg: true,
+        describe:
+          'one card: PCI address (0000:03:00.0 or 03:00), rshimN, or tmfifo_netN (default: every card)',
+      })
+    : json;
+};
 
 const invoke = (verb: Verb) => async (flags: Record<string, unknown>) => {
   try {
@@ -122,6 +144,99 @@ await withSettings(
           invoke(runImageWrite),
         )
         .demandCommand(1, 'name an image command'),
+    )
+    .command(
+      'bluefield',
+      'BlueField DPUs: list, BFB install, mode, host privilege, NAT, commands on the Arm',
+      (y) =>
+        y
+          .command(
+            'list',
+            'list the BlueField DPUs with mode, host privilege and firmware',
+            (z) => withBlueField(z, false),
+            invoke(runBlueFieldList),
+          )
+          .command(
+            'status',
+            'the DPUs as list shows them, with the rshim state and the last lines of its log',
+            (z) => withBlueField(z, true),
+            invoke(runBlueFieldStatus),
+          )
+          .command(
+            'install-bfb <url>',
+            "download and check a BFB, push it through each DPU's rshim, follow the log until ready",
+            (z) =>
+              withBlueField(z, true)
+                .positional('url', { type: 'string', describe: 'http(s) URL of the BFB' })
+                .option('checksum', {
+                  type: 'string',
+                  requiresArg: true,
+                  describe: 'sha256:HEX, a bare hex, or the URL of a sha256sum-style file',
+                })
+                .option('bf-cfg', {
+                  type: 'string',
+                  requiresArg: true,
+                  describe: 'FILE of bf.cfg text appended to the BFB',
+                })
+                .option('timeout', {
+                  type: 'number',
+                  describe: 'seconds from the push to the DPU reporting ready (default: --bfb-timeout)',
+                })
+                .option('force', {
+                  type: 'boolean',
+                  describe: 'install even when the DPU already runs this version',
+                }),
+            invoke(runBlueFieldInstall),
+          )
+          .command(
+            'set-mode <mode>',
+            'switch between NIC mode and DPU mode (takes effect at the next power cycle)',
+            (z) =>
+              withBlueField(z, true)
+                .positional('mode', { choices: ['nic', 'dpu'], describe: 'nic or dpu' })
+                .option('hide-port2-pf', { type: 'boolean', describe: 'also set HIDE_PORT2_PF' }),
+            invoke(runBlueFieldSetMode),
+          )
+          .command(
+            'set-host-privilege <level>',
+            "restrict or privilege the host's access to the DPU",
+            (z) =>
+              withBlueField(z, true)
+                .positional('level', {
+                  choices: ['restricted', 'privileged'],
+                  describe: 'restricted or privileged',
+                })
+                .option('disable-port-owner', { type: 'boolean' })
+                .option('disable-rshim', {
+                  type: 'boolean',
+                  describe: 'the host loses the rshim after a power cycle',
+                })
+                .option('disable-tracer', { type: 'boolean' })
+                .option('disable-counter-rd', { type: 'boolean' })
+                .option('force', {
+                  type: 'boolean',
+                  describe: 'allow disable-rshim before a BFB was installed',
+                }),
+            invoke(runBlueFieldSetPrivilege),
+          )
+          .command(
+            'configure-nat',
+            "give each DPU's Arm system a way out through this host",
+            (z) => withBlueField(z, true),
+            invoke(runBlueFieldNat),
+          )
+          .command(
+            'dpu-exec',
+            "run a script on the DPU's Arm system over SSH through tmfifo",
+            (z) =>
+              withBlueField(z, true)
+                .option('script', { type: 'string', requiresArg: true, describe: 'FILE holding the script' })
+                .option('command', { type: 'string', requiresArg: true, describe: 'the script as text' })
+                .option('timeout', { type: 'number', describe: 'seconds before the script is stopped' })
+                .conflicts('script', 'command'),
+            invoke(runBlueFieldExec),
+          )
+          .demandCommand(1, 'name a bluefield command'),
     )
     .command(
       'commands',

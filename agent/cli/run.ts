@@ -2,10 +2,27 @@ import { AgentChannel } from '../channel/agent-channel.js';
 import { readIdentity } from '../channel/identity.js';
 import { buildRegistry, hardwarePaths } from '../commands/catalog.js';
 import { CommandEngine } from '../commands/engine.js';
+import type { Config } from '../config/options.js';
 import { AgentError } from '../util/errors.js';
+import type { Logger } from '../util/logger.js';
 import { LogForwarder } from '../util/logger.js';
 import { AGENT_VERSION } from '../version.js';
 import { prepare } from './context.js';
+
+/**
+ * bma-inspect=1: inspection starts at boot rather than when the conductor asks, so the BFB
+ * download (the long pole) overlaps the DHCP, the dial and the inventory. The result waits in the
+ * outbox like any other until the conductor has it.
+ */
+const startBootInspection = (engine: CommandEngine, config: Config, logger: Logger): void => {
+  const params: Record<string, unknown> = { lldp: config.collectLldp };
+  if (config.bfbUrl) {
+    params.bfb = { url: config.bfbUrl, ...(config.bfbChecksum ? { checksum: config.bfbChecksum } : {}) };
+  }
+  const outcome = engine.run('agent:inspect', 'inspect.run', params);
+  if (outcome.ok) logger.info({ command_id: 'agent:inspect', bfb: config.bfbUrl }, 'inspection started at boot');
+  else logger.error({ rejection: outcome.rejection }, 'the boot-time inspection could not start');
+};
 
 /** The daemon: dial the conductor and serve it until stopped by a signal. */
 export const runDaemon = async (flags: Record<string, unknown>): Promise<number> => {
@@ -45,6 +62,7 @@ export const runDaemon = async (flags: Record<string, unknown>): Promise<number>
     'bm-agent starting',
   );
   channel.start();
+  if (config.inspectAtBoot) startBootInspection(engine, config, logger);
   await new Promise<void>((resolve) => {
     const shutdown = (signal: NodeJS.Signals): void => {
       logger.info({ signal }, 'stopping');

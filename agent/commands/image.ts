@@ -1,10 +1,10 @@
 import { readFile } from 'node:fs/promises';
-import { Type } from '@sinclair/typebox';
+import { Type, type Static } from '@sinclair/typebox';
 import type { HardwarePaths } from '../hardware/paths.js';
 import type { RootDeviceHints } from '../image/contracts.js';
-import { writeImage } from '../image/write-image.js';
+import { writeImage, type WriteImageResult } from '../image/write-image.js';
 import { AgentError } from '../util/errors.js';
-import { defineCommand, type AnyCommandDefinition } from './definition.js';
+import { defineCommand, type AnyCommandDefinition, type CommandContext } from './definition.js';
 import { RootDeviceHintsSchema } from './disk.js';
 
 export interface ImageCommandDeps {
@@ -53,39 +53,46 @@ const readCa = async (caPath: string | null): Promise<Buffer | null> => {
   }
 };
 
+/** image.write's work, for deploy.run too. */
+export const runImageWrite = async (
+  deps: ImageCommandDeps,
+  params: Static<typeof ImageWriteParams>,
+  context: CommandContext,
+): Promise<WriteImageResult> => {
+  const result = await writeImage(
+    {
+      url: params.url,
+      ...(params.checksum === undefined ? {} : { checksum: params.checksum }),
+      ...(params.disk_format === undefined ? {} : { disk_format: params.disk_format }),
+      ...(params.device === undefined ? {} : { device: params.device }),
+      ...(params.root_device_hints === undefined
+        ? {}
+        : { root_device_hints: params.root_device_hints as RootDeviceHints }),
+    },
+    {
+      paths: deps.paths,
+      ca: await readCa(deps.caPath),
+      insecure: deps.insecure,
+      logger: context.log,
+      stagingDir: deps.stagingDir,
+      direct: deps.direct,
+      retries: deps.retries,
+      // IPA sleeps the interval between attempts; here it caps a jittered backoff from 1 s.
+      retryBaseMs: Math.min(1000, deps.retryIntervalS * 1000),
+      retryMaxMs: deps.retryIntervalS * 1000,
+      stallTimeoutMs: deps.stallTimeoutS * 1000,
+    },
+    { signal: context.signal, progress: context.progress },
+  );
+  return result;
+};
+
 export const imageCommands = (deps: ImageCommandDeps): AnyCommandDefinition[] => [
   defineCommand({
     name: 'image.write',
     summary: 'Stream an OS image onto the root disk, verified by checksum, wiped again if anything fails',
     exclusive: true,
     params: ImageWriteParams,
-    handler: async (params, context) => {
-      const result = await writeImage(
-        {
-          url: params.url,
-          ...(params.checksum === undefined ? {} : { checksum: params.checksum }),
-          ...(params.disk_format === undefined ? {} : { disk_format: params.disk_format }),
-          ...(params.device === undefined ? {} : { device: params.device }),
-          ...(params.root_device_hints === undefined
-            ? {}
-            : { root_device_hints: params.root_device_hints as RootDeviceHints }),
-        },
-        {
-          paths: deps.paths,
-          ca: await readCa(deps.caPath),
-          insecure: deps.insecure,
-          logger: context.log,
-          stagingDir: deps.stagingDir,
-          direct: deps.direct,
-          retries: deps.retries,
-          // IPA sleeps the interval between attempts; here it caps a jittered backoff from 1 s.
-          retryBaseMs: Math.min(1000, deps.retryIntervalS * 1000),
-          retryMaxMs: deps.retryIntervalS * 1000,
-          stallTimeoutMs: deps.stallTimeoutS * 1000,
-        },
-        { signal: context.signal, progress: context.progress },
-      );
-      return { ...result };
-    },
+    handler: async (params, context) => ({ ...(await runImageWrite(deps, params, context)) }),
   }),
 ];

@@ -5,6 +5,7 @@ import {
   parseMac,
   parsePath,
   parsePin,
+  parseText,
   parseUuid,
   urlParser,
 } from './parsers.js';
@@ -40,6 +41,12 @@ export interface Config {
   imageStallTimeoutS: number;
   imageRetries: number;
   imageRetryIntervalS: number;
+  inspectAtBoot: boolean;
+  bfbUrl: string | null;
+  bfbChecksum: string | null;
+  bfbTimeoutS: number;
+  stateDir: string;
+  dpuSshKey: string | null;
 }
 
 export type ConfigKey = keyof Config;
@@ -307,6 +314,62 @@ export const OPTIONS: OptionSpec[] = [
     parse: numberParser(0.01, 600),
     default: 10,
     describe: 'longest wait between two download attempts (jittered backoff from 1 s up to this)',
+  }),
+  option({
+    key: 'inspectAtBoot',
+    kernel: ['bma-inspect'],
+    env: 'BMA_INSPECT',
+    flag: 'inspect',
+    parse: parseBool,
+    default: false,
+    boolean: true,
+    describe:
+      'run inspect.run at start without waiting for the conductor (id `agent:inspect`), with the BFB of bma-bfb-url when given',
+  }),
+  option({
+    key: 'bfbUrl',
+    kernel: ['bma-bfb-url'],
+    env: 'BMA_BFB_URL',
+    flag: 'bfb-url',
+    parse: urlParser(['http', 'https']),
+    default: null,
+    describe: 'BFB to install on every BlueField during the boot-time inspect.run (its download starts at once)',
+  }),
+  option({
+    key: 'bfbChecksum',
+    kernel: ['bma-bfb-checksum'],
+    env: 'BMA_BFB_CHECKSUM',
+    flag: 'bfb-checksum',
+    parse: parseText,
+    default: null,
+    describe: 'checksum of bma-bfb-url: `sha256:<hex>`, a bare hex, or the URL of a checksums file',
+  }),
+  option({
+    key: 'bfbTimeoutS',
+    kernel: ['bma-bfb-timeout'],
+    env: 'BMA_BFB_TIMEOUT',
+    flag: 'bfb-timeout',
+    parse: numberParser(10, 6 * 3600),
+    default: 1800,
+    describe: 'default seconds a BFB install may take from the push to the DPU reporting ready',
+  }),
+  option({
+    key: 'stateDir',
+    kernel: ['bma-state-dir'],
+    env: 'BMA_STATE_DIR',
+    flag: 'state-dir',
+    parse: parsePath,
+    default: '/run/bm-agent',
+    describe: "where the agent keeps what it makes at boot: the SSH key pair for the DPUs' Arm systems, known_hosts",
+  }),
+  option({
+    key: 'dpuSshKey',
+    kernel: ['bma-dpu-ssh-key'],
+    env: 'BMA_DPU_SSH_KEY',
+    flag: 'dpu-ssh-key',
+    parse: parsePath,
+    default: null,
+    describe: "private key for SSH to the DPUs' Arm systems instead of the key pair made at boot",
   }),
 ];
 
