@@ -27,6 +27,9 @@ export interface RunningCommand {
   progress: Progress | null;
 }
 
+/** Lines (DPU log, script output) one progress notification may carry, joined by newlines. */
+const MAX_UNSENT_MESSAGES = 64;
+
 interface Entry {
   record: CommandRecord;
   exclusive: boolean;
@@ -34,6 +37,8 @@ interface Entry {
   progress: Progress | null;
   lastEmit: number;
   pendingEmit: NodeJS.Timeout | null;
+  /** Messages not yet sent: a throttled update must not swallow the lines before it. */
+  unsent: string[];
   startedMs: number;
   acknowledged: boolean;
   finishedSeq: number;
@@ -131,6 +136,7 @@ export class CommandEngine {
       progress: null,
       lastEmit: 0,
       pendingEmit: null,
+      unsent: [],
       startedMs: Date.now(),
       acknowledged: false,
       finishedSeq: 0,
@@ -218,13 +224,18 @@ export class CommandEngine {
 
   private reportProgress(entry: Entry, update: ProgressUpdate): void {
     if (entry.record.status !== 'RUNNING') return;
+    if (update.message) {
+      entry.unsent.push(update.message);
+      // Bounded: a flood of lines keeps its newest.
+      while (entry.unsent.length > MAX_UNSENT_MESSAGES) entry.unsent.shift();
+    }
     entry.progress = {
       phase: update.phase,
       done: update.done,
       total: update.total ?? null,
       unit: update.unit ?? 'steps',
       rate: update.rate ?? null,
-      message: update.message ?? null,
+      message: entry.unsent.length > 0 ? entry.unsent.join('\n') : null,
     };
     const wait = entry.lastEmit + this.progressIntervalMs - Date.now();
     if (wait <= 0) {
@@ -240,6 +251,7 @@ export class CommandEngine {
     entry.pendingEmit = null;
     if (!entry.progress) return;
     entry.lastEmit = Date.now();
+    entry.unsent = [];
     this.emit('progress', entry.record.command_id, { ...entry.progress });
   }
 

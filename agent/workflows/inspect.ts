@@ -63,6 +63,7 @@ export const runInspect = async (
   const steps: Partial<Record<Step, OpResult>> = {};
   let powerCycleRequired = false;
   let skipped: string | null = null;
+  let armSkipped: string | null = null;
   if (!request.bfb) skipped = 'no BFB given';
   else if (cards.length === 0) skipped = 'no BlueField in this host';
 
@@ -88,12 +89,28 @@ export const runInspect = async (
       ...context,
       progress: withPhase(context, 'bfb install'),
     });
-    steps.nat = await bluefield.configureNat({}, { ...context, progress: withPhase(context, 'nat') });
-    if (request.dpu_setup) {
-      steps.dpu_setup = await bluefield.dpuExec(request.dpu_setup, {
-        ...context,
-        progress: withPhase(context, 'dpu setup'),
-      });
+    // NAT and the setup script need a running Arm OS; a BF3 in NIC mode has none.
+    const installed = devicesOf(steps.install);
+    const armUp = installed.filter((card) => card.arm_running !== false).map((card) => String(card.slot));
+    const armOff = installed.filter((card) => card.arm_running === false).map((card) => String(card.slot));
+    if (armOff.length > 0) {
+      armSkipped = `no Arm OS runs in NIC mode on ${armOff.join(', ')}: NAT and the setup script wait for DPU mode`;
+    }
+    const perCard = async (step: (device: string) => Promise<OpResult>): Promise<OpResult> => {
+      const devices: OpResult[] = [];
+      for (const slot of armUp) devices.push(...devicesOf(await step(slot)));
+      return { devices };
+    };
+    if (armUp.length > 0) {
+      steps.nat = await perCard((device) =>
+        bluefield.configureNat({ device }, { ...context, progress: withPhase(context, 'nat') }),
+      );
+      const setup = request.dpu_setup;
+      if (setup) {
+        steps.dpu_setup = await perCard((device) =>
+          bluefield.dpuExec({ ...setup, device }, { ...context, progress: withPhase(context, 'dpu setup') }),
+        );
+      }
     }
   } else if (prefetch) {
     // Nothing will use the download: let it finish or fail quietly rather than dangle.
@@ -105,7 +122,11 @@ export const runInspect = async (
     Object.keys(steps).length > 0 ? { ...inventory, bluefield: await bluefield.list(context) } : inventory;
   return {
     inventory: finalInventory,
-    bluefield: { ...steps, ...(skipped === null ? {} : { skipped }) },
+    bluefield: {
+      ...steps,
+      ...(skipped === null ? {} : { skipped }),
+      ...(armSkipped === null ? {} : { arm_skipped: armSkipped }),
+    },
     power_cycle_required: powerCycleRequired,
   };
 };

@@ -484,26 +484,14 @@ const resolveIndex = (options: NatOptions): number => {
  * Sets up (or confirms) the NAT that lets card N's Arm system reach the network through the host.
  * Safe to repeat: a second run with nothing to do changes nothing and says so.
  */
-export const configureNat = async (options: NatOptions): Promise<NatResult> => {
-  const logger = options.logger ?? silentLogger();
-  const index = resolveIndex(options);
-  const subnet = tmfifoSubnet(index, options.plan);
+/**
+ * The host end of card N's tmfifo network: its address from the plan, link up. SSH to the DPU needs
+ * this much even where no NAT is wanted. Returns whether anything had to change.
+ */
+const ensureAddress = async (runner: Runner, index: number, subnet: TmfifoSubnet): Promise<boolean> => {
   const ifname = `tmfifo_net${index}`;
   const hostAddress = `${subnet.hostAddress}/${subnet.prefixLength}`;
-  const runner = makeRunner(options);
   let changed = false;
-
-  const backend: NatBackend | null = (await findOnPath('nft', options.toolPath))
-    ? 'nftables'
-    : (await findOnPath('iptables', options.toolPath))
-      ? 'iptables'
-      : null;
-  if (backend === null) {
-    throw natFailed('neither nft nor iptables is on PATH; the ramdisk needs nftables or iptables', {
-      path: options.toolPath,
-    });
-  }
-
   const link = await step(`reading ${ifname}`, () => readLink(runner, ifname));
   if (link === null) {
     throw natFailed(
@@ -530,6 +518,45 @@ export const configureNat = async (options: NatOptions): Promise<NatResult> => {
     await step(`bringing ${ifname} up`, () => runner.run('ip', ['link', 'set', 'dev', ifname, 'up']));
     changed = true;
   }
+
+  return changed;
+};
+
+/** ensureAddress for a caller outside this module (the DPU shell). */
+export const ensureTmfifoAddress = async (
+  options: Pick<NatOptions, 'card' | 'rshimIndex' | 'toolPath' | 'signal' | 'plan' | 'logger' | 'timeoutMs'>,
+): Promise<{ interface: string; host_address: string; changed: boolean }> => {
+  const index = resolveIndex(options);
+  const subnet = tmfifoSubnet(index, options.plan);
+  const changed = await ensureAddress(makeRunner(options), index, subnet);
+  return {
+    interface: `tmfifo_net${index}`,
+    host_address: `${subnet.hostAddress}/${subnet.prefixLength}`,
+    changed,
+  };
+};
+
+export const configureNat = async (options: NatOptions): Promise<NatResult> => {
+  const logger = options.logger ?? silentLogger();
+  const index = resolveIndex(options);
+  const subnet = tmfifoSubnet(index, options.plan);
+  const ifname = `tmfifo_net${index}`;
+  const hostAddress = `${subnet.hostAddress}/${subnet.prefixLength}`;
+  const runner = makeRunner(options);
+  let changed = false;
+
+  const backend: NatBackend | null = (await findOnPath('nft', options.toolPath))
+    ? 'nftables'
+    : (await findOnPath('iptables', options.toolPath))
+      ? 'iptables'
+      : null;
+  if (backend === null) {
+    throw natFailed('neither nft nor iptables is on PATH; the ramdisk needs nftables or iptables', {
+      path: options.toolPath,
+    });
+  }
+
+  changed = (await ensureAddress(runner, index, subnet)) || changed;
 
   await step('enabling IPv4 forwarding', async () => {
     const current = await runner.run('sysctl', ['-n', 'net.ipv4.ip_forward']);

@@ -21,7 +21,7 @@ import { readFirmware } from './mlx/firmware.js';
 import { readMode, setMode } from './mlx/mode.js';
 import { DPU_SIDE_DEVICE, readPrivilege, setPrivilege } from './mlx/privhost.js';
 import { createLocalRunner, findMlxTools, mlxDevice, toolsForFlavour } from './mlx/tools.js';
-import { configureNat, tmfifoSubnet } from './nat.js';
+import { configureNat, ensureTmfifoAddress, tmfifoSubnet } from './nat.js';
 import type {
   BlueFieldOps,
   ChecksumInput,
@@ -62,6 +62,7 @@ const SET_TIMEOUT_MS = 180_000;
 const VERSION_PROBE_CONNECT_S = 5;
 const VERSION_PROBE_TIMEOUT_MS = 20_000;
 const LOG_TAIL_LINES = 10;
+const MAX_INSTALL_REBOOTS = 4;
 
 const slotProgress =
   (context: OpContext, slot: string, phase: string) =>
@@ -86,6 +87,21 @@ const sameRelease = (running: string, version: string): boolean => {
   const release = running.trim();
   return release === version.trim() || release.includes(version.trim());
 };
+
+/** The host was refused and the DPU could not do it either: say both. */
+const refusedEverywhere = (refusal: AgentError, cause: unknown): AgentError =>
+  AgentError.is(cause) && cause.code === 'DPU_UNREACHABLE'
+    ? new AgentError(
+        'OPERATION_NOT_PERMITTED',
+        `${refusal.message}; and the DPU cannot be reached: ${cause.message}`,
+        {
+          cause,
+          details: refusal.details,
+        },
+      )
+    : AgentError.is(cause)
+      ? cause
+      : new AgentError('INTERNAL', errorMessage(cause), { cause });
 
 export class BlueFieldPlugin implements BlueFieldOps {
   private readonly staged = new Map<string, Promise<StagedBfb>>();
@@ -154,6 +170,22 @@ export class BlueFieldPlugin implements BlueFieldOps {
         { details: { slot: card.slot } },
       );
     }
+    // No route to the DPU without the host end's address; NAT is a separate, optional step.
+    await ensureTmfifoAddress({
+      card,
+      toolPath: this.config.toolPath,
+      signal: context.signal,
+      logger: context.log,
+    }).catch((error: unknown) => {
+      throw new AgentError(
+        'DPU_UNREACHABLE',
+        `the host end of ${card.rshim?.tmfifo ?? 'tmfifo'} could not be set up: ${errorMessage(error)}`,
+        {
+          cause: error,
+          details: { slot: card.slot },
+        },
+      );
+    });
     const key = await this.agentKey(context);
     return createDpuShell({
       host,
@@ -382,6 +414,7 @@ export class BlueFieldPlugin implements BlueFieldOps {
           slot: card.slot,
           rshim: rshim.path,
           skipped: 'already installed',
+          arm_running: true,
           version,
           running: running,
           bytes: 0,
@@ -431,17 +464,46 @@ export class BlueFieldPlugin implements BlueFieldOps {
             rate: Math.round(p.rateBytesPerS),
           }),
       });
-      let lines = 0;
-      const follow = await followInstall({
-        miscPath: preflight.miscPath,
-        baseline,
-        timeoutMs,
-        signal: context.signal,
-        onLine: (line) => {
-          lines += 1;
-          progress({ phase: 'dpu log', done: lines, unit: 'steps', message: line.raw.trim() });
-        },
+      // A small BFB is pushed before the first poll: the conductor still sees the whole of it.
+      progress({
+        phase: 'push',
+        done: push.bytes,
+        total: push.bytes,
+        unit: 'bytes',
+        rate: Math.round(push.rateBytesPerS),
       });
+      let lines = 0;
+      const deadline = Date.now() + timeoutMs;
+      const followFrom = (lines_: string[] | null, budgetMs: number) =>
+        followInstall({
+          miscPath: preflight.miscPath,
+          baseline: lines_ === null ? baseline : { lines: lines_, displayLevelApplied: true },
+          timeoutMs: budgetMs,
+          signal: context.signal,
+          onLine: (line) => {
+            lines += 1;
+            progress({ phase: 'dpu log', done: lines, unit: 'steps', message: line.raw.trim() });
+          },
+        });
+      let follow = await followFrom(null, timeoutMs);
+      const installMarker = follow.marker;
+      // `Rebooting...` ends the installer, not the install: NAT, the setup script and SSH need the
+      // installed OS, which says `Linux up` / `DPU is ready` once it has booted (NVIDIA's advice
+      // too). A DPU that reboots more than once (NIC firmware reset) is followed through each.
+      for (let reboots = 0; follow.marker === 'Rebooting...' && reboots < MAX_INSTALL_REBOOTS; reboots += 1) {
+        try {
+          follow = await followFrom(follow.logTail, Math.max(1, deadline - Date.now()));
+        } catch (error) {
+          if (AgentError.is(error) && error.code === 'BFB_INSTALL_TIMEOUT') {
+            throw new AgentError(
+              'BFB_INSTALL_TIMEOUT',
+              `the BFB installed and the DPU rebooted, but its installed OS did not report ready within ${Math.round(timeoutMs / 1000)} s; check its console (${rshim.path}/console)`,
+              { cause: error, details: { ...error.details, slot: card.slot, install_marker: installMarker } },
+            );
+          }
+          throw error;
+        }
+      }
       this.installed.add(card.slot);
       return {
         slot: card.slot,
@@ -451,6 +513,9 @@ export class BlueFieldPlugin implements BlueFieldOps {
         rate_bytes_per_s: Math.round(push.rateBytesPerS),
         seconds: Math.round(performance.now() - started) / 1000,
         marker: follow.marker,
+        install_marker: installMarker,
+        // BF3 in NIC mode boots no Arm OS: nothing to SSH into until the card is in DPU mode.
+        arm_running: follow.marker !== 'In Enhanced NIC mode',
         log_tail: follow.logTail,
         skipped: null,
         version,
@@ -509,7 +574,9 @@ export class BlueFieldPlugin implements BlueFieldOps {
           card.generation,
           request.mode,
           options,
-        );
+        ).catch((cause: unknown) => {
+          throw refusedEverywhere(error, cause);
+        });
         ranOn = 'dpu';
       }
       devices.push({ slot: card.slot, generation: card.generation, ...result, ran_on: ranOn });
@@ -563,7 +630,17 @@ export class BlueFieldPlugin implements BlueFieldOps {
           timeoutMs: SET_TIMEOUT_MS,
           dpuTools: toolsForFlavour('mft'),
         },
-      );
+      ).catch((error: unknown) => {
+        // Only the retry on the Arm side speaks SSH: its failure means the host was refused first.
+        if (AgentError.is(error) && error.code === 'DPU_UNREACHABLE') {
+          throw new AgentError(
+            'OPERATION_NOT_PERMITTED',
+            `the firmware refused the host-privilege change from the host, and the DPU's Arm system could not be reached to run it there: ${error.message}`,
+            { cause: error, details: { slot: card.slot } },
+          );
+        }
+        throw error;
+      });
       devices.push({ slot: card.slot, ...result });
     }
     return perCardResult(devices);
