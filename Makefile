@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NPM ?= npm
 NODE ?= node
 
-.PHONY: all deps build lint test test-unit test-integration demo bench clean format
+.PHONY: all deps build lint test test-unit test-integration demo bench clean format packages
 
 all: build
 
@@ -38,7 +38,11 @@ test-integration: build
 
 # A reference conductor and a real agent on this machine: hello, heartbeats and an
 # inventory.collect round-trip with progress; ends by itself.
-demo: build
+# The Debian packages the BlueField act of the demo needs (sshd, nftables...), when missing.
+packages:
+	.ci/packages
+
+demo: packages build
 	$(NODE) dist/test/support/demo.js
 
 # Each prints its figures next to the plain tools measured in the same run (see bench/README.md).
@@ -47,6 +51,7 @@ bench: build
 	$(NODE) dist/bench/lldp.js
 	$(NODE) dist/bench/agent-rss.js
 	$(NODE) dist/bench/fleet-reconnect.js
+	$(NODE) dist/bench/bfb-push.js
 
 clean:
 	rm -rf dist build

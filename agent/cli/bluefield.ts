@@ -28,6 +28,29 @@ const privilegeText = (value: unknown): string => {
   return `${text(state.level)}${flags.length > 0 ? ` (${flags.join(', ')})` : ''}`;
 };
 
+/** What a `--device` may name, as the commands' `device` param does. */
+const namesCard = (card: Record<string, unknown>, wanted: string): boolean => {
+  const strings = (value: unknown): string[] =>
+    Array.isArray(value)
+      ? value.filter((v): v is string => typeof v === 'string')
+      : typeof value === 'string'
+        ? [value]
+        : [];
+  const rshim = typeof card.rshim === 'string' ? card.rshim : null;
+  const names = [
+    ...strings(card.slot),
+    ...strings(card.pci_address),
+    ...strings(card.nic_functions),
+    ...strings(card.rshim_function),
+    ...strings(card.tmfifo),
+    ...strings(card.netdevs),
+    ...strings(card.serial),
+    ...(rshim ? [rshim, rshim.split('/').pop() ?? rshim] : []),
+  ];
+  const bare = wanted.toLowerCase().replace(/^0000:/, '');
+  return names.some((name) => name === wanted || name.toLowerCase().replace(/^0000:/, '') === bare);
+};
+
 export const renderBlueFieldList = (result: Record<string, unknown>): string => {
   const cards = devicesOf(result);
   if (cards.length === 0) return 'no BlueField in this host\n';
@@ -132,7 +155,8 @@ export const runBlueFieldStatus = (flags: Flags): Promise<number> =>
   runVerb(flags, 'bluefield.list', {}, (result) => {
     const cards = devicesOf(result);
     const wanted = typeof flags.device === 'string' ? flags.device : null;
-    const shown = wanted === null ? cards : cards.filter((card) => JSON.stringify(card).includes(wanted));
+    const shown = wanted === null ? cards : cards.filter((card) => namesCard(card, wanted));
+    if (shown.length === 0) return `no BlueField matches ${text(wanted)}\n`;
     return shown
       .map((card) => {
         const rshim = (card.rshim_state ?? {}) as Record<string, unknown>;

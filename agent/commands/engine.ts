@@ -224,7 +224,8 @@ export class CommandEngine {
 
   private reportProgress(entry: Entry, update: ProgressUpdate): void {
     if (entry.record.status !== 'RUNNING') return;
-    if (update.message) {
+    // A status repeated by every update (a format name, `setting dpu mode`) is one message, not many.
+    if (update.message && update.message !== entry.unsent.at(-1)) {
       entry.unsent.push(update.message);
       // Bounded: a flood of lines keeps its newest.
       while (entry.unsent.length > MAX_UNSENT_MESSAGES) entry.unsent.shift();

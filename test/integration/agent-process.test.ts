@@ -223,8 +223,16 @@ describe('the command line', () => {
     assert.deepEqual(
       list.map((command) => [command.name, command.exclusive]),
       [
+        ['bluefield.configure_nat', true],
+        ['bluefield.dpu_exec', true],
+        ['bluefield.install_bfb', true],
+        ['bluefield.list', false],
+        ['bluefield.set_host_privilege', true],
+        ['bluefield.set_mode', true],
+        ['deploy.run', true],
         ['disk.erase_metadata', true],
         ['image.write', true],
+        ['inspect.run', true],
         ['inventory.collect', false],
         ['lldp.collect', false],
         ['system.power_off', true],
