@@ -181,6 +181,12 @@ describe('BlueField plugin on a simulated host', { skip }, () => {
         natDevices.map((d) => d.host_address),
         ['192.168.100.1/30', '192.168.100.5/30'],
       );
+      // What a conductor's setup script does next: fetch packages from outside through the NAT.
+      const fetched = await plugin.dpuExec(
+        { script: `curl -sf -o /dev/null -w '%{http_code}' ${w.dpus.outsideHttpUrl}`, device: 'rshim0' },
+        context(),
+      );
+      assert.equal(String(fetched.stdout_tail).trim(), '200');
       const again = await plugin.configureNat({}, context());
       assert.ok(
         devicesOf(again).every((d) => d.changed === false),
