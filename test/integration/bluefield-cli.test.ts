@@ -16,7 +16,9 @@ describe('bm-agent bluefield', { skip }, () => {
   const cli = (args: string[]) => runCli(['bluefield', ...args], { env: world.env });
 
   before(async () => {
-    world = await createBlueFieldWorld({ cards: [{ generation: 'BF2', mode: 'dpu' }, { generation: 'BF3' }] });
+    world = await createBlueFieldWorld({
+      cards: [{ generation: 'BF2', mode: 'dpu' }, { generation: 'BF3' }],
+    });
   });
 
   after(async () => {
