@@ -102,18 +102,21 @@ const describeFailure = (result: ProcessResult, timeoutMs: number | undefined): 
   return `${command} ${what}${hint ? `: ${hint}` : ''}`;
 };
 
+/** A run as TOOL_FAILED details: the same fields wherever a tool's failure is reported. */
+export const processFailureDetails = (result: ProcessResult): Record<string, unknown> => ({
+  argv: result.argv,
+  exitCode: result.exitCode,
+  signal: result.signal,
+  timedOut: result.timedOut,
+  cancelled: result.cancelled,
+  durationMs: result.durationMs,
+  stdoutTail: tailOf(result.stdout),
+  stderrTail: tailOf(result.stderr),
+});
+
 const toolFailed = (result: ProcessResult, timeoutMs: number | undefined, cause?: unknown): AgentError =>
   new AgentError('TOOL_FAILED', describeFailure(result, timeoutMs), {
-    details: {
-      argv: result.argv,
-      exitCode: result.exitCode,
-      signal: result.signal,
-      timedOut: result.timedOut,
-      cancelled: result.cancelled,
-      durationMs: result.durationMs,
-      stdoutTail: tailOf(result.stdout),
-      stderrTail: tailOf(result.stderr),
-    },
+    details: processFailureDetails(result),
     cause,
   });
 

@@ -8,7 +8,7 @@ import { AgentError } from '../../../util/errors.js';
 import {
   findOnPath,
   runProcess,
-  tailOf,
+  processFailureDetails,
   type ProcessResult,
   type RunProcess,
 } from '../../../util/run-process.js';
@@ -134,18 +134,7 @@ export const toolFailed = (
   const errors = errorLines(outputOf(result));
   const reason = errors.at(-1) ?? `exit code ${result.exitCode ?? 'unknown'}`;
   return new AgentError('TOOL_FAILED', `${what}: ${reason}`, {
-    details: {
-      argv: result.argv,
-      exitCode: result.exitCode,
-      signal: result.signal,
-      timedOut: result.timedOut,
-      cancelled: result.cancelled,
-      durationMs: result.durationMs,
-      stdoutTail: tailOf(result.stdout),
-      stderrTail: tailOf(result.stderr),
-      errors,
-      ...extra,
-    },
+    details: { ...processFailureDetails(result), errors, ...extra },
   });
 };
 
