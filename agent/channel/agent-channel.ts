@@ -73,6 +73,10 @@ export interface ChannelStatus {
   /** Why the last connection ended; kept after a reconnect, unlike lastError. */
   lastDisconnect: string | null;
   reconnects: number;
+  /** Connection attempts that failed since the conductor last accepted a hello. */
+  attempts: number;
+  /** When the next attempt is due, while waiting to reconnect. */
+  retryAt: string | null;
 }
 
 /** Outgoing log records beyond this much unsent data are dropped rather than queued without bound. */
@@ -102,6 +106,7 @@ export class AgentChannel {
   /** A specific reason this connection attempt was refused, which later generic errors must not hide. */
   private refusal: string | null = null;
   private reconnects = 0;
+  private retryAt: Date | null = null;
   /** Results sent on the current connection and not yet acknowledged, so none goes out twice. */
   private inflightResults = new Set<string>();
   private readonly unsubscribe: Array<() => void> = [];
@@ -130,9 +135,15 @@ export class AgentChannel {
       lastError: this.lastError,
       lastDisconnect: this.lastDisconnect,
       reconnects: this.reconnects,
+      attempts: this.backoff.attempts,
+      retryAt: this.retryAt?.toISOString() ?? null,
     };
   }
 
+  /**
+   * Observes the link (connecting, ready, waiting with the attempt count and the last error,
+   * stopped): the console status screen shows it. Called synchronously on every change.
+   */
   onStateChange(listener: (status: ChannelStatus) => void): () => void {
     this.stateListeners.add(listener);
     return () => this.stateListeners.delete(listener);
@@ -158,6 +169,7 @@ export class AgentChannel {
 
   /** Closes the connection politely (1001, going away) so the conductor can tell a stop from a crash. */
   async stop(): Promise<void> {
+    this.retryAt = null;
     this.setState('stopped');
     for (const off of this.unsubscribe.splice(0)) off();
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
@@ -188,7 +200,14 @@ export class AgentChannel {
     if (this.stateValue === 'stopped') return;
     this.stateValue = state;
     const status = this.status();
-    for (const listener of this.stateListeners) listener(status);
+    for (const listener of this.stateListeners) {
+      try {
+        listener(status);
+      } catch (error) {
+        // An observer must never take the connection down with it.
+        this.options.logger.error({ err: error }, 'channel state listener failed');
+      }
+    }
   }
 
   private async connect(): Promise<void> {
@@ -256,14 +275,17 @@ export class AgentChannel {
 
   private scheduleReconnect(): void {
     if (this.stateValue === 'stopped' || this.reconnectTimer) return;
-    this.setState('waiting');
+    // The delay comes first so observers of `waiting` see the attempt count and when the next is due.
     const delay = this.backoff.next();
+    this.retryAt = new Date(Date.now() + delay);
+    this.setState('waiting');
     this.options.logger.info(
       { delay_ms: delay, attempt: this.backoff.attempts },
       'reconnecting to the conductor',
     );
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
+      this.retryAt = null;
       this.reconnects += 1;
       void this.connect();
     }, delay);

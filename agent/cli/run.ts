@@ -2,6 +2,7 @@ import { AgentChannel } from '../channel/agent-channel.js';
 import { readIdentity } from '../channel/identity.js';
 import { buildRegistry, hardwarePaths } from '../commands/catalog.js';
 import { CommandEngine } from '../commands/engine.js';
+import { startStatusConsole } from '../console/status-screen.js';
 import type { Config } from '../config/options.js';
 import { AgentError } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
@@ -20,7 +21,8 @@ const startBootInspection = (engine: CommandEngine, config: Config, logger: Logg
     params.bfb = { url: config.bfbUrl, ...(config.bfbChecksum ? { checksum: config.bfbChecksum } : {}) };
   }
   const outcome = engine.run('agent:inspect', 'inspect.run', params);
-  if (outcome.ok) logger.info({ command_id: 'agent:inspect', bfb: config.bfbUrl }, 'inspection started at boot');
+  if (outcome.ok)
+    logger.info({ command_id: 'agent:inspect', bfb: config.bfbUrl }, 'inspection started at boot');
   else logger.error({ rejection: outcome.rejection }, 'the boot-time inspection could not start');
 };
 
@@ -61,12 +63,30 @@ export const runDaemon = async (flags: Record<string, unknown>): Promise<number>
     { version: AGENT_VERSION, conductor: config.conductorUrl, power_backend: config.powerBackend },
     'bm-agent starting',
   );
+  const statusConsole = config.statusConsole
+    ? startStatusConsole({
+        devices: config.statusConsole,
+        forcePlain: config.statusDumb,
+        conductorUrl: config.conductorUrl,
+        bootif: config.bootif,
+        agentVersion: AGENT_VERSION,
+        paths,
+        link: channel,
+        commands: engine,
+        logs: forwarder,
+        logger,
+        term: process.env.TERM,
+      })
+    : null;
   channel.start();
   if (config.inspectAtBoot) startBootInspection(engine, config, logger);
   await new Promise<void>((resolve) => {
     const shutdown = (signal: NodeJS.Signals): void => {
       logger.info({ signal }, 'stopping');
-      void channel.stop().then(resolve);
+      void channel
+        .stop()
+        .then(() => statusConsole?.stop())
+        .then(resolve);
     };
     process.once('SIGTERM', shutdown);
     process.once('SIGINT', shutdown);

@@ -8,7 +8,17 @@ import {
   parseText,
   parseUuid,
   urlParser,
+  ValueError,
 } from './parsers.js';
+
+/** A comma-separated list of paths (`/dev/tty1,/dev/ttyS0`); blanks and repeats are dropped. */
+const parsePathList = (raw: string | boolean): string[] => {
+  const paths =
+    typeof raw === 'string' ? [...new Set(raw.split(',').map((part) => part.trim()))].filter(Boolean) : [];
+  if (paths.length === 0 || paths.some((part) => part.includes('\0')))
+    throw new ValueError('a comma-separated list of file paths');
+  return paths;
+};
 
 export const POWER_BACKENDS = ['command', 'sysrq', 'none'] as const;
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
@@ -47,6 +57,8 @@ export interface Config {
   bfbTimeoutS: number;
   stateDir: string;
   dpuSshKey: string | null;
+  statusConsole: string[] | null;
+  statusDumb: boolean;
 }
 
 export type ConfigKey = keyof Config;
@@ -333,7 +345,8 @@ export const OPTIONS: OptionSpec[] = [
     flag: 'bfb-url',
     parse: urlParser(['http', 'https']),
     default: null,
-    describe: 'BFB to install on every BlueField during the boot-time inspect.run (its download starts at once)',
+    describe:
+      'BFB to install on every BlueField during the boot-time inspect.run (its download starts at once)',
   }),
   option({
     key: 'bfbChecksum',
@@ -360,7 +373,8 @@ export const OPTIONS: OptionSpec[] = [
     flag: 'state-dir',
     parse: parsePath,
     default: '/run/bm-agent',
-    describe: "where the agent keeps what it makes at boot: the SSH key pair for the DPUs' Arm systems, known_hosts",
+    describe:
+      "where the agent keeps what it makes at boot: the SSH key pair for the DPUs' Arm systems, known_hosts",
   }),
   option({
     key: 'dpuSshKey',
@@ -370,6 +384,26 @@ export const OPTIONS: OptionSpec[] = [
     parse: parsePath,
     default: null,
     describe: "private key for SSH to the DPUs' Arm systems instead of the key pair made at boot",
+  }),
+  option({
+    key: 'statusConsole',
+    kernel: ['bma-status-console'],
+    env: 'BMA_STATUS_CONSOLE',
+    flag: 'status-console',
+    parse: parsePathList,
+    default: null,
+    describe:
+      'comma-separated devices to show the live status screen on, e.g. /dev/tty1,/dev/ttyS0 (one that cannot be opened is logged and skipped)',
+  }),
+  option({
+    key: 'statusDumb',
+    kernel: ['bma-status-dumb'],
+    env: 'BMA_STATUS_DUMB',
+    flag: 'status-dumb',
+    parse: parseBool,
+    default: false,
+    boolean: true,
+    describe: 'show the status screen as plain appended lines, one per change, even on a terminal',
   }),
 ];
 
