@@ -30,6 +30,10 @@ export const tcpdumpArgs = (iface: string): string[] => [
   String(SNAPLEN),
   '-c',
   '1',
+  // tcpdump drops to its own `tcpdump` user by default, which a ramdisk has no reason to carry:
+  // the agent is root and stays so.
+  '-Z',
+  'root',
   // Promiscuous mode stays on (tcpdump's default): some virtual NICs drop the LLDP multicast
   // group otherwise. The kernel drops the membership itself when the socket closes.
   'ether',

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -70,6 +71,23 @@ const assertAdvertised = (result: InterfaceLldp, spec: SwitchSpec, chassisMac: s
   assert.deepEqual(result.tlvs.at(-1), [0, '']);
 };
 
+/** Resolves once a tcpdump capturing on `iface` runs in namespace `ns`. */
+const waitForCapture = async (ns: string, iface: string, timeoutMs = 30_000): Promise<void> => {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const pids = await new Promise<string>((resolve) => {
+      execFile('ip', ['netns', 'pids', ns], (error, stdout) => resolve(error ? '' : stdout));
+    });
+    for (const pid of pids.split(/\s+/).filter(Boolean)) {
+      const argv = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+      const words = argv.split('\0');
+      if (path.basename(words[0] ?? '') === 'tcpdump' && words.includes(iface)) return;
+    }
+    await sleep(50);
+  }
+  throw new Error(`no tcpdump on ${iface} in ${ns} within ${timeoutMs} ms`);
+};
+
 describe('lldp.collect against lldpd neighbours', { skip }, () => {
   it('reports what each neighbour advertises, whenever it starts, and does not wait on an unplugged port', async () => {
     const lab = newLab('a');
@@ -108,8 +126,10 @@ describe('lldp.collect against lldpd neighbours', { skip }, () => {
         '--interface',
         'a4',
       ]);
-      // This neighbour comes up while the agent is already listening.
-      await sleep(1500);
+      // This neighbour comes up a second after the agent is listening on a1 (found by its tcpdump,
+      // not by a fixed sleep: a loaded machine can take longer than that to start the agent).
+      await waitForCapture(agent, 'a1');
+      await sleep(1000);
       await lab.startLldpd(peers[1] ?? '', 'p1', specs[1] as SwitchSpec);
       const run = await running;
       const results = lldpResult(run);
@@ -127,7 +147,7 @@ describe('lldp.collect against lldpd neighbours', { skip }, () => {
       for (const n of [0, 1, 2])
         assertAdvertised(byName(results, `a${n}`), specs[n] as SwitchSpec, macs[n] ?? '');
       const late = byName(results, 'a1').received_after_ms ?? 0;
-      assert.ok(late >= 1000, `a1's neighbour started ~1.5 s in, got its frame after ${late} ms`);
+      assert.ok(late >= 900, `a1's neighbour started 1 s after the capture, got its frame after ${late} ms`);
       assert.equal(byName(results, 'a3').received_after_ms, null);
       // Returned at the last first frame, far from the 20 s timeout.
       assert.ok(run.wallMs < late + 3000, `took ${Math.round(run.wallMs)} ms`);
