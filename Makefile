@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NPM ?= npm
 NODE ?= node
 
-.PHONY: all deps build lint test test-unit test-integration demo bench clean format packages
+.PHONY: all deps build lint test test-unit test-integration demo bench clean format packages ramdisk
 
 all: build
 
@@ -27,8 +27,11 @@ format: deps
 
 # The lint, then every test (unit and integration) with node's own runner.
 # Test files are named explicitly: handing node a directory would also run the support modules.
+# The e2e boots follow when QEMU is installed (.ci/packages installs it).
 test: lint build
-	$(NODE) --test --test-concurrency=1 $$(find dist/test -name '*.test.js' | sort)
+	$(NODE) --test --test-concurrency=1 $$(find dist/test -name '*.test.js' -not -path 'dist/test/e2e/*' | sort)
+	@if command -v qemu-system-x86_64 >/dev/null 2>&1; then $(MAKE) e2e; \
+	else echo "make test: e2e skipped, qemu-system-x86_64 is not installed (.ci/packages installs it)"; fi
 
 test-unit: build
 	$(NODE) --test $$(find dist/test/unit -name '*.test.js' | sort)
@@ -52,6 +55,19 @@ bench: build
 	$(NODE) dist/bench/agent-rss.js
 	$(NODE) dist/bench/fleet-reconnect.js
 	$(NODE) dist/bench/bfb-push.js
+	$(NODE) dist/bench/ramdisk-size.js
+
+# The PXE ramdisk in build/ramdisk/: kernel, initramfs, iPXE script and manifest, from Debian's
+# packages (downloads cached in build/cache/). Variables and kernel arguments: image-build/README.md.
+ramdisk: deps
+	image-build/build.sh
+
+# The ramdisk PXE-booted under QEMU (no KVM) and driven by the reference conductor: hello,
+# inventory with LLDP, image.write onto the VM's disk, power-off, a wrong checksum's wipe. The
+# packages bring qemu-system-x86 and ipxe-qemu; boots run one at a time.
+.PHONY: e2e
+e2e: packages build ramdisk
+	$(NODE) --test --test-concurrency=1 $$(find dist/test/e2e -name '*.test.js' | sort)
 
 clean:
 	rm -rf dist build

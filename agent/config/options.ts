@@ -412,6 +412,12 @@ export const OPTIONS: OptionSpec[] = [
  * they are noted at debug level rather than warned about on every boot.
  */
 export const IPA_ARGS_NOT_USED = new Set([
+  // Read by the ramdisk's init, not by the agent (image-build/README.md).
+  'bma-debug-shell',
+  'bma-ssh-key',
+  'bma-init-debug',
+  'bma-modules',
+  'bma-ntp-server',
   'ipa-global-request-id',
   'ipa-agent-token',
   'ipa-agent-token-required',
