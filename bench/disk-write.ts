@@ -5,7 +5,7 @@
  *   writes in flight and buffered + fsync, against `dd if=FILE of=DEV bs=4M iflag=fullblock
  *   oflag=direct conv=fsync` (without iflag=fullblock dd silently drops O_DIRECT on short reads);
  *   on a loop device with --direct-io=on (closer to a real disk) and with the default (page cache).
- * - zstd: the file compressed with `zstd -3`, through the decompression stage into a counting sink,
+ * - zstd: the file compressed with `zstd -3`, through the zstd decoder into a counting consumer,
  *   against `zstd -dc FILE > /dev/null`; and decompress + write against `zstd -dc FILE | dd …`.
  *
  * Runs are paired (A B A B …, one warm-up each) and the median of the per-pair ratios is quoted,
@@ -19,10 +19,9 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { openBlockWriter } from '../agent/image/block-writer.js';
-import { createDecompressor } from '../agent/image/decompress.js';
+import type { OutputSink } from '../agent/image/contracts.js';
+import { openDecoder } from '../agent/image/decompress.js';
 import { findOnPath } from '../agent/util/run-process.js';
 import { argument, median, MiB } from './common.js';
 
@@ -127,38 +126,44 @@ const oursFromMemory = async (device: string, inFlight: 1 | 2): Promise<number> 
   return performance.now() - started;
 };
 
+/** The file fed to a zstd decoder in 1 MiB reads, as the download would. */
+const throughDecoder = async (file: string, sink: OutputSink): Promise<void> => {
+  const decoder = await openDecoder('zstd', { sink });
+  try {
+    for await (const chunk of createReadStream(file, { highWaterMark: MiB }) as AsyncIterable<Buffer>)
+      await decoder.write(chunk);
+    decoder.end();
+    await decoder.done;
+  } catch (error) {
+    await decoder.destroy(error instanceof Error ? error : new Error(String(error)));
+    throw error;
+  }
+};
+
 const oursZstdToNull = async (file: string): Promise<number> => {
   const started = performance.now();
   let bytes = 0;
-  await pipeline(
-    createReadStream(file, { highWaterMark: MiB }),
-    createDecompressor('zstd'),
-    new Writable({
-      highWaterMark: 4 * MiB,
-      write(chunk: Buffer, _encoding, callback) {
-        bytes += chunk.length;
-        callback();
-      },
-    }),
-  );
-  if (bytes !== SIZE) throw new Error(`zstd stage gave ${bytes} bytes`);
+  const space = Buffer.allocUnsafe(MiB);
+  await throughDecoder(file, {
+    reserve: () => space,
+    commit: (count) => {
+      bytes += count;
+      return undefined;
+    },
+    write: (piece) => {
+      bytes += piece.length;
+      return undefined;
+    },
+  });
+  if (bytes !== SIZE) throw new Error(`zstd decoder gave ${bytes} bytes`);
   return performance.now() - started;
 };
 
 const oursZstdToDevice = async (file: string, device: string): Promise<number> => {
   const started = performance.now();
-  const writer = await openBlockWriter(device, { direct: true, inFlight: 1 });
+  const writer = await openBlockWriter(device, { direct: true });
   try {
-    await pipeline(
-      createReadStream(file, { highWaterMark: MiB }),
-      createDecompressor('zstd'),
-      new Writable({
-        highWaterMark: 1,
-        write(chunk: Buffer, _encoding, callback) {
-          writer.write(chunk).then(() => callback(), callback);
-        },
-      }),
-    );
+    await throughDecoder(file, writer);
     await writer.finish();
   } catch (error) {
     await writer.abort();
@@ -269,7 +274,7 @@ const main = async (): Promise<void> => {
       report(`write to ${label}`, SIZE, times, 'dd bs=4M iflag=fullblock oflag=direct conv=fsync');
       if (directIo) {
         const decompressTimes = await paired([
-          { name: 'zstd stage -> writer O_DIRECT', run: () => oursZstdToDevice(zst, device) },
+          { name: 'zstd decoder -> writer O_DIRECT', run: () => oursZstdToDevice(zst, device) },
           {
             name: 'zstd -dc | dd (fullblock, direct, fsync)',
             run: () =>
@@ -286,8 +291,8 @@ const main = async (): Promise<void> => {
     const devNull = await open('/dev/null', 'w');
     try {
       const zstdTimes = await paired([
-        { name: 'createDecompressor(zstd) -> counting sink', run: () => oursZstdToNull(zst) },
-        // What any reader of a 64 KiB pipe gets: the bound on a stage that reads the program's stdout.
+        { name: 'openDecoder(zstd) -> counting consumer', run: () => oursZstdToNull(zst) },
+        // What any reader of a 64 KiB pipe gets.
         {
           name: 'zstd -dc FILE | cat > /dev/null',
           run: () => timed('sh', ['-c', `zstd -dc '${zst}' | cat`], devNull.fd),

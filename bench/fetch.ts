@@ -47,6 +47,8 @@ const runClient = async (url: string, hash: boolean): Promise<void> => {
     signal: new AbortController().signal,
     ca: null,
     insecure: false,
+    // Each chunk is hashed before the next is asked for: it needs no copy of its own.
+    borrowChunks: true,
     logger: silentLogger(),
   });
   const hasher = hash ? createHash('sha256') : null;

@@ -56,6 +56,12 @@ export interface FetchOptions {
   retryMaxMs?: number;
   /** No byte for this long is a stall (default 60 s, IPA's connection timeout). */
   stallTimeoutMs?: number;
+  /**
+   * Hand out the body's chunks without a copy, as views into the receive buffers: each one is
+   * valid only until the next one is asked for. For consumers that are done with a chunk (copied,
+   * hashed, written) before they pull the next; anything kept longer must be copied.
+   */
+  borrowChunks?: boolean;
   logger: Logger;
 }
 
@@ -78,6 +84,13 @@ export interface ImageStream {
   /** Content-Length of the whole entity, or null when the server did not say. */
   totalBytes: number | null;
   body: AsyncIterable<Buffer>;
+  /**
+   * The rest of the body (what `body` has not yielded yet) into `sink`, read straight into its
+   * space where the response allows: no copy at all on the way. Resumes as `body` does; rejects
+   * with the download's failure or the sink's. `onBytes` counts what the sink was given. Use
+   * instead of iterating `body` any further.
+   */
+  pipeTo(sink: OutputSink, onBytes: (bytes: number) => void): Promise<void>;
   stats(): FetchStats;
 }
 // openImageStream(options: FetchOptions): Promise<ImageStream>
@@ -106,11 +119,29 @@ export type ImageFormat =
   'raw' | 'gzip' | 'xz' | 'zstd' | 'bzip2' | 'qcow2' | 'vmdk' | 'vhdx' | 'vdi' | 'qed';
 // detectFormat(head: Buffer): ImageFormat   (magic bytes; raw when nothing matches)
 
+/**
+ * Where a decoder's output goes: read straight into the space reserve() gives, then commit()ted,
+ * or handed over by write() (copied). Each call returns undefined when it took the bytes at once,
+ * else a promise to wait for before the next call (back-pressure). The block writer is one.
+ */
+export interface OutputSink {
+  /** Free space to read into; null when there is none now (write() then waits for some). */
+  reserve(): Buffer | null;
+  /** `bytes` were put at the start of the space the last reserve() gave. */
+  commit(bytes: number): Promise<void> | undefined;
+  /** Bytes that arrived elsewhere; copied, so the piece may be reused at once. */
+  write(piece: Buffer): Promise<void> | undefined;
+}
+
 // ---- writer: agent/image/block-writer.ts ----
 // openBlockWriter(path, {direct: boolean, chunkBytes?: number}): Promise<BlockWriter>
 export interface BlockWriter {
-  /** Queues bytes; resolves when they are accepted (back-pressure). Writes go out in large aligned blocks. */
-  write(chunk: Buffer): Promise<void>;
+  /**
+   * Queues bytes (copied: the chunk may be reused at once); undefined when they were taken without
+   * waiting, else a promise that resolves when they are (back-pressure). Writes go out in large
+   * aligned blocks.
+   */
+  write(chunk: Buffer): Promise<void> | undefined;
   /** Writes the tail (never padded past the image end), fsyncs, closes. */
   finish(): Promise<{ bytesWritten: number }>;
   /** Closes without flushing more; after a failure. */

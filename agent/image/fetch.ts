@@ -7,7 +7,7 @@
  * of an image together.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { FetchOptions, FetchStats, ImageStream } from './contracts.js';
+import type { FetchOptions, FetchStats, ImageStream, OutputSink } from './contracts.js';
 import { HttpAttempt, TransferError } from './http-attempt.js';
 import { Backoff } from '../channel/backoff.js';
 import { AgentError, CancelledError } from '../util/errors.js';
@@ -46,6 +46,7 @@ interface Settings {
   retryBaseMs: number;
   retryMaxMs: number;
   stallTimeoutMs: number;
+  borrowChunks: boolean;
   logger: Logger;
 }
 
@@ -95,6 +96,7 @@ const settingsOf = (options: FetchOptions): Settings => ({
   retryBaseMs: options.retryBaseMs ?? DEFAULT_RETRY_BASE_MS,
   retryMaxMs: options.retryMaxMs ?? DEFAULT_RETRY_MAX_MS,
   stallTimeoutMs: options.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
+  borrowChunks: options.borrowChunks ?? false,
   logger: options.logger,
 });
 
@@ -186,7 +188,8 @@ class Download {
         if (attempt === null) return;
         let chunk: Buffer | null;
         try {
-          chunk = await attempt.next();
+          // A borrowed chunk is given back by this very call: the consumer asked for the next.
+          chunk = await (this.settings.borrowChunks ? attempt.nextBorrowed() : attempt.next());
         } catch (error) {
           attempt.close();
           this.current = null;
@@ -207,21 +210,65 @@ class Download {
           this.current = null;
           return;
         }
-        if (this.total !== null && this.delivered + chunk.length > this.total) {
-          throw this.tooLong(`the server sent more than the ${this.total} bytes declared`);
-        }
-        this.delivered += chunk.length;
-        this.attemptDelivered += chunk.length;
-        if (this.failuresInARow > 0 && this.attemptDelivered >= PROGRESS_RESET_BYTES) {
-          this.failuresInARow = 0;
-          this.backoff.reset();
-        }
+        this.count(chunk.length);
         yield chunk;
       }
     } finally {
       // Also runs when the consumer stops early (break, throw): the socket must not linger.
       this.current?.close();
       this.current = null;
+    }
+  }
+
+  /**
+   * The rest of the body into `sink`, read straight into its space where the response allows
+   * (HttpAttempt.pipeTo), with the same resumes, retries and guards as body(). For a consumer that
+   * takes every byte in order (the block writer); body() must not be iterated any further.
+   */
+  async pipeTo(sink: OutputSink, onBytes: (bytes: number) => void): Promise<void> {
+    try {
+      while (true) {
+        const attempt = this.current;
+        if (attempt === null) return;
+        try {
+          await attempt.pipeTo(sink, (bytes) => {
+            this.count(bytes);
+            onBytes(bytes);
+          });
+        } catch (error) {
+          attempt.close();
+          this.current = null;
+          // The sink's own failure (or our count's) ends the download; only a transfer is retried.
+          if (!(error instanceof TransferError)) throw error;
+          this.current = await this.recover(error);
+          continue;
+        }
+        attempt.close();
+        this.current = null;
+        if (this.total !== null && this.delivered < this.total) {
+          this.current = await this.recover(
+            new TransferError('network', `the body ended after ${this.delivered} of ${this.total} bytes`),
+          );
+          continue;
+        }
+        return;
+      }
+    } finally {
+      this.current?.close();
+      this.current = null;
+    }
+  }
+
+  /** Bytes handed on; throws DOWNLOAD_TOO_LONG before any byte past the declared total goes. */
+  private count(bytes: number): void {
+    if (this.total !== null && this.delivered + bytes > this.total) {
+      throw this.tooLong(`the server sent more than the ${this.total} bytes declared`);
+    }
+    this.delivered += bytes;
+    this.attemptDelivered += bytes;
+    if (this.failuresInARow > 0 && this.attemptDelivered >= PROGRESS_RESET_BYTES) {
+      this.failuresInARow = 0;
+      this.backoff.reset();
     }
   }
 
@@ -504,6 +551,7 @@ export const openImageStream = async (options: FetchOptions): Promise<ImageStrea
   return {
     totalBytes: download.totalBytes,
     body: download.body(),
+    pipeTo: (sink, onBytes) => download.pipeTo(sink, onBytes),
     stats: () => download.stats(),
   };
 };
@@ -515,7 +563,12 @@ export const fetchText = async (url: string, options: FetchTextOptions): Promise
   const maxBytes = options.maxBytes ?? TEXT_LIMIT_BYTES;
   for (let restart = 0; ; restart += 1) {
     try {
-      return await readText(new Download(settingsOf({ ...options, url })), url, maxBytes);
+      // The parts are kept until the end: they must be copies.
+      return await readText(
+        new Download(settingsOf({ ...options, url, borrowChunks: false })),
+        url,
+        maxBytes,
+      );
     } catch (error) {
       // Small enough to fetch again whole: a restart is no reason to fail.
       if (!(AgentError.is(error) && error.code === 'DOWNLOAD_RESTART_REQUIRED') || restart >= TEXT_RESTARTS)

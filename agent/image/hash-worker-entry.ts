@@ -1,6 +1,7 @@
 /**
- * The hash worker (see hash-worker.ts): hashes the batches it is sent, in order, and hands each
- * batch's buffer back so the main thread can refill it instead of allocating.
+ * The hash worker (see hash-worker.ts): hashes what it is sent, in order. A batch's buffer goes
+ * back so the main thread can refill it instead of allocating; a shared block is only read, and
+ * a reply says the writer may refill it.
  */
 import { createHash } from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -16,6 +17,9 @@ port.on('message', (message: HashRequest) => {
     hash.update(new Uint8Array(message.buffer, 0, message.length));
     const reply: HashResponse = { type: 'free', buffer: message.buffer };
     port.postMessage(reply, [message.buffer]);
+  } else if (message.type === 'shared') {
+    hash.update(new Uint8Array(message.buffer, message.offset, message.length));
+    port.postMessage({ type: 'hashed' } satisfies HashResponse);
   } else {
     const reply: HashResponse = { type: 'digest', hex: hash.digest('hex') };
     port.postMessage(reply);

@@ -1,10 +1,12 @@
 /**
  * The image hash, computed on a worker thread. On the main thread sha256 (about 1.4 GB/s) costs
- * as much as receiving the bytes over HTTP, and the two together cap image.write well below what
- * the network and disk can do; on a second core the hash runs alongside. Incoming chunks are
- * copied into a few fixed batches (the one copy), each batch is transferred to the worker (no
- * copy) and comes back once hashed, to be refilled. With every batch out, `update` returns a
- * promise: that is the back-pressure, so memory stays at `batches * batchBytes`.
+ * more than receiving the bytes, and the two together cap image.write below what the network and
+ * disk can do; on a second core the hash runs alongside. Two ways in:
+ * - hashInPlace(block): a block of shared memory (the block writer's buffers) is read by the
+ *   worker where it lies, no copy at all; the caller leaves it alone until the promise settles.
+ * - update(chunk): chunks are copied into a few fixed batches, each batch is transferred to the
+ *   worker (no copy) and comes back once hashed, to be refilled. With every batch out, `update`
+ *   returns a promise: that is the back-pressure, so memory stays at `batches * batchBytes`.
  */
 import { Worker } from 'node:worker_threads';
 import { checkDigest, createHasher } from './checksum.js';
@@ -14,9 +16,13 @@ export interface HashWorkerData {
   algorithm: HashAlgorithm;
 }
 
-export type HashRequest = { type: 'batch'; buffer: ArrayBuffer; length: number } | { type: 'digest' };
+export type HashRequest =
+  | { type: 'batch'; buffer: ArrayBuffer; length: number }
+  | { type: 'shared'; buffer: SharedArrayBuffer; offset: number; length: number }
+  | { type: 'digest' };
 
-export type HashResponse = { type: 'free'; buffer: ArrayBuffer } | { type: 'digest'; hex: string };
+export type HashResponse =
+  { type: 'free'; buffer: ArrayBuffer } | { type: 'hashed' } | { type: 'digest'; hex: string };
 
 export interface OffThreadHasherOptions {
   /** Bytes per batch sent to the worker; big enough that a message per batch is negligible. */
@@ -33,6 +39,12 @@ export interface AsyncHasher {
    * batch is with the worker; wait for it before the next update.
    */
   update(chunk: Buffer): Promise<void> | undefined;
+  /**
+   * Hashes `block` where it lies, after everything given before: the caller leaves it unchanged
+   * until the promise settles. A block in shared memory (the block writer's buffers) reaches the
+   * worker without a copy; any other is copied as update() does.
+   */
+  hashInPlace(block: Buffer): Promise<void>;
   /** The digest of everything so far; ends the hash (later updates throw) and the worker. */
   digestHex(): Promise<string>;
   /** Throws CHECKSUM_MISMATCH unless the digest equals the expected value; returns the digest. */
@@ -64,10 +76,10 @@ export const createOffThreadHasher = (
     workerData: data,
     resourceLimits: { maxYoungGenerationSizeMb: 1, maxOldGenerationSizeMb: 16 },
   });
-  const free: ArrayBuffer[] = Array.from(
-    { length: Math.max(1, options.batches ?? DEFAULT_BATCHES) },
-    () => new ArrayBuffer(batchBytes),
-  );
+  // Allocated on first use: a writer that hashes its own shared blocks never needs them.
+  const free: ArrayBuffer[] = [];
+  let unallocated = Math.max(1, options.batches ?? DEFAULT_BATCHES);
+  const inPlace: Array<{ resolve: () => void; reject: (error: Error) => void }> = [];
   let fill: Uint8Array | null = null;
   let filled = 0;
   let waiting: { resolve: () => void; reject: (error: Error) => void } | null = null;
@@ -82,6 +94,7 @@ export const createOffThreadHasher = (
     waiting = null;
     digestWaiter?.reject(failure);
     digestWaiter = null;
+    for (const waiter of inPlace.splice(0)) waiter.reject(failure);
   };
   worker.on('message', (message: HashResponse) => {
     if (message.type === 'free') {
@@ -89,6 +102,8 @@ export const createOffThreadHasher = (
       const resume = waiting;
       waiting = null;
       resume?.resolve();
+    } else if (message.type === 'hashed') {
+      inPlace.shift()?.resolve();
     } else {
       digestWaiter?.resolve(message.hex);
       digestWaiter = null;
@@ -111,7 +126,8 @@ export const createOffThreadHasher = (
   const close = async (): Promise<void> => {
     if (closed) return;
     closed = true;
-    failure ??= new Error('the hash was closed');
+    // Whatever waits is told now, not when (or whether) the worker gets to it.
+    fail(new Error('the hash was closed'));
     await worker.terminate();
   };
 
@@ -122,6 +138,10 @@ export const createOffThreadHasher = (
     let offset = 0;
     while (offset < chunk.length) {
       if (fill === null) {
+        if (free.length === 0 && unallocated > 0) {
+          unallocated -= 1;
+          free.push(new ArrayBuffer(batchBytes));
+        }
         const buffer = free.pop();
         if (buffer === undefined) {
           // Every batch is with the worker: wait for one, then take the rest of this chunk.
@@ -139,6 +159,22 @@ export const createOffThreadHasher = (
       if (filled === batchBytes) send();
     }
     return undefined;
+  };
+  const hashInPlace = (block: Buffer): Promise<void> => {
+    if (!(block.buffer instanceof SharedArrayBuffer)) return update(block) ?? Promise.resolve();
+    if (digest !== null) throw new Error('the hash was already finished');
+    if (failure !== null) return Promise.reject(failure);
+    if (waiting !== null) throw new Error('hashInPlace called before the previous update was done');
+    // Whatever update() gathered goes first: the worker hashes in message order.
+    send();
+    const request: HashRequest = {
+      type: 'shared',
+      buffer: block.buffer,
+      offset: block.byteOffset,
+      length: block.length,
+    };
+    worker.postMessage(request);
+    return new Promise<void>((resolve, reject) => inPlace.push({ resolve, reject }));
   };
   const digestHex = (): Promise<string> => {
     digest ??= (async () => {
@@ -159,6 +195,7 @@ export const createOffThreadHasher = (
   return {
     algorithm,
     update,
+    hashInPlace,
     digestHex,
     verify: async () => checkDigest(expected, algorithm, await digestHex()),
     close,
@@ -178,6 +215,7 @@ export const createInlineHasher = (expected: ExpectedChecksum | null): AsyncHash
       hasher.update(chunk);
       return undefined;
     },
+    hashInPlace: async (block) => hasher.update(block),
     digestHex: async () => hasher.digestHex(),
     verify: async () => hasher.verify(),
     close: async () => undefined,

@@ -1,5 +1,3 @@
-import { Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type { ProgressUpdate } from '../commands/definition.js';
 import { rereadPartitions, selectTargetDisk, wipeSignatures } from '../hardware/generic/disks/index.js';
 import type { HardwarePaths } from '../hardware/paths.js';
@@ -10,7 +8,7 @@ import { resolveChecksum, type ChecksumSpec } from './checksum.js';
 import type { ExpectedChecksum, ImageFormat, RootDeviceHints, TargetDisk } from './contracts.js';
 import {
   COMPRESSED_FORMATS,
-  createDecompressor,
+  openDecoder,
   detectFormat,
   FORMAT_PROBE_BYTES,
   QEMU_FORMATS,
@@ -65,15 +63,20 @@ interface Context {
 // A server that cannot resume makes the whole write start over; more than this is not a blip.
 const MAX_RESTARTS = 3;
 
-const WRITE_CHUNK_BYTES = 4 * 1024 * 1024;
-
 /**
  * Reads chunks until `FORMAT_PROBE_BYTES` are known, then hands back the head and an iterator that
- * yields the head first, so detection costs no copy of the stream.
+ * yields those chunks first. Only they are copied (the body's chunks are borrowed, and these are
+ * kept past the next pull); the rest of the stream passes through as it comes.
  */
 const peek = async (
   body: AsyncIterable<Buffer>,
-): Promise<{ head: Buffer; chunks: AsyncIterable<Buffer>; close: () => Promise<void> }> => {
+): Promise<{
+  head: Buffer;
+  chunks: AsyncIterable<Buffer>;
+  /** The chunks read to find the head, for a consumer that takes the rest by other means. */
+  taken: () => Buffer[];
+  close: () => Promise<void>;
+}> => {
   const iterator = body[Symbol.asyncIterator]();
   const buffered: Buffer[] = [];
   let length = 0;
@@ -87,7 +90,9 @@ const peek = async (
     buffered.push(next.value);
     length += next.value.length;
   }
-  const head = Buffer.concat(buffered, length).subarray(0, FORMAT_PROBE_BYTES);
+  const kept = buffered.map((chunk) => Buffer.from(chunk));
+  buffered.length = 0;
+  const head = Buffer.concat(kept, length).subarray(0, FORMAT_PROBE_BYTES);
   // Returning the body's iterator is what releases the download's socket (its generator's
   // finally). A consumer that stops early (a failed pipeline, a refusal before the first write)
   // must reach it, or the connection stays open and keeps the process alive for minutes.
@@ -98,7 +103,8 @@ const peek = async (
   };
   async function* chunks(): AsyncGenerator<Buffer> {
     try {
-      yield* buffered;
+      yield* kept;
+      kept.length = 0;
       if (done) return;
       while (true) {
         const next = await iterator.next();
@@ -112,16 +118,22 @@ const peek = async (
       await close();
     }
   }
-  return { head, chunks: chunks(), close };
+  const taken = (): Buffer[] => kept.splice(0);
+  return { head, chunks: chunks(), taken, close };
 };
 
 const isRestart = (error: unknown): boolean =>
   AgentError.is(error) && error.code === 'DOWNLOAD_RESTART_REQUIRED';
 
 /**
- * image.write: the root disk chosen by hints -> fetch (resume) -> hash (worker thread) -> decompress by
- * magic -> aligned writer -> verify -> flush and re-read partitions. Once a byte may have reached
- * the disk, any failure wipes the signatures at both ends so nothing half-written can boot.
+ * image.write: the root disk chosen by hints -> fetch (resume) -> hash -> decompress by magic ->
+ * aligned writer -> verify -> flush and re-read partitions. Once a byte may have reached the disk,
+ * any failure wipes the signatures at both ends so nothing half-written can boot.
+ *
+ * A raw image's bytes are read from the socket straight into the writer's aligned blocks, which
+ * the hash worker reads where they lie: no copy in user space. A compressed image's are copied
+ * once, into the decompressor's input; the program's output is read straight into the blocks. No
+ * stream stage sits in between (bench/README.md, "image-write").
  */
 export const writeImage = async (
   request: WriteImageRequest,
@@ -230,11 +242,14 @@ const writeOnce = async (
   markTouched: () => void,
 ): Promise<Outcome> => {
   const { signal } = context;
-  const stream = await openImageStream({ ...fetchOptions, url: request.url });
-  const { head, chunks, close } = await peek(stream.body);
+  // Every consumer below is done with a chunk before it pulls the next (peek copies what it keeps).
+  const stream = await openImageStream({ ...fetchOptions, url: request.url, borrowChunks: true });
+  const { head, chunks, taken, close } = await peek(stream.body);
   const format = request.disk_format === 'raw' ? 'raw' : detectFormat(head);
-  // For a raw or qemu image, hashing on the main thread costs about as much as receiving: a
-  // worker runs it alongside. A compressed image's decompressor already takes the other core.
+  // A raw or qemu image is hashed on a worker, alongside the receive (raw images straight from
+  // the writer's blocks). A compressed image is hashed here while its decompressor, which takes
+  // the other core, works on the same chunk: a worker measured no faster and costs more CPU and
+  // about 14 MiB (bench/README.md, "image-write").
   const hasher = COMPRESSED_FORMATS.has(format)
     ? createInlineHasher(expected)
     : createOffThreadHasher(expected);
@@ -307,26 +322,51 @@ const writeOnce = async (
     } else {
       const writer = await openBlockWriter(disk.path, {
         direct: deps.direct ?? true,
-        // With the hash worker, 4 MiB writes (dd's bs=4M) rather than the writer's 8 MiB: 12 MiB of
-        // buffers instead of 24 pays for the worker within the 150 MiB budget; the writer runs at
-        // several GB/s either way (bench/disk-write.ts).
-        ...(format === 'raw' ? { chunkBytes: WRITE_CHUNK_BYTES } : {}),
+        // A raw image's bytes are the download's: the hash worker reads each block from the
+        // writer's own (shared) buffers, with no copy of its own.
+        ...(format === 'raw' ? { onBlock: (block: Buffer) => hasher.hashInPlace(block) } : {}),
       });
       markTouched();
       let finished = false;
       try {
-        const sink = new Writable({
-          highWaterMark: 1,
-          write: (chunk: Buffer, _encoding, callback) => {
-            writer.write(chunk).then(() => callback(), callback);
-          },
-        });
-        const source = Readable.from(hashed());
-        if (format === 'raw') await pipeline(source, sink, { signal });
-        else await pipeline(source, createDecompressor(format, { signal }), sink, { signal });
-        digest = await finishHash(hasher, expected);
-        ({ bytesWritten } = await writer.finish());
-        finished = true;
+        if (format === 'raw') {
+          for (const chunk of taken()) {
+            downloaded += chunk.length;
+            const accepted = writer.write(chunk);
+            if (accepted) await accepted;
+          }
+          // The rest is read from the socket straight into the writer's blocks.
+          await stream.pipeTo(writer, (bytes) => {
+            downloaded += bytes;
+            report('write');
+          });
+          ({ bytesWritten } = await writer.finish());
+          finished = true;
+          digest = await finishHash(hasher, expected);
+        } else {
+          // The decompressor's output is read straight into the writer's blocks.
+          const decoder = await openDecoder(format, { signal, sink: writer });
+          try {
+            for await (const chunk of chunks) {
+              downloaded += chunk.length;
+              report('write');
+              // The decoder starts on the chunk while it is hashed here (both only read it).
+              const fed = decoder.write(chunk);
+              fed.catch(() => undefined);
+              const full = hasher.update(chunk);
+              if (full) await full;
+              await fed;
+            }
+            decoder.end();
+            await decoder.done;
+          } catch (error) {
+            await decoder.destroy(error instanceof Error ? error : new Error(String(error)));
+            throw error;
+          }
+          digest = await finishHash(hasher, expected);
+          ({ bytesWritten } = await writer.finish());
+          finished = true;
+        }
       } finally {
         if (!finished) await writer.abort().catch(() => undefined);
       }

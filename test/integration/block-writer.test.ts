@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import { open, readdir, readFile, readlink, realpath, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { openBlockWriter, type OpenedBlockWriter } from '../../agent/image/block-writer.js';
@@ -106,6 +107,73 @@ describe('openBlockWriter on a loop device', { skip }, () => {
     const writer = await openBlockWriter(loop.path, { direct: true });
     assert.equal(await writeImage(writer, image, 65_537), image.length);
     await assertDevice(loop, image);
+  });
+
+  it('hands each block to onBlock once, in order, the tail included, and keeps it until told', async () => {
+    const loop = await newLoop(32 * MiB, true);
+    const image = randomBytes(3 * 4 * MiB + 12_345);
+    const lengths: number[] = [];
+    const shared: boolean[] = [];
+    const seen = createHash('sha256');
+    const writer = await openBlockWriter(loop.path, {
+      direct: true,
+      chunkBytes: 4 * MiB,
+      onBlock: async (block) => {
+        lengths.push(block.length);
+        shared.push(block.buffer instanceof SharedArrayBuffer);
+        const before = sha256(block);
+        // The block must not be refilled while its observer is still at it.
+        await sleep(20);
+        assert.equal(sha256(block), before, 'the block changed under its observer');
+        seen.update(block);
+      },
+    });
+    assert.equal(await writeImage(writer, image, 1_000_003), image.length);
+    assert.deepEqual(lengths, [4 * MiB, 4 * MiB, 4 * MiB, 12_345]);
+    assert.ok(shared.every(Boolean), 'the blocks are shared memory, for a worker to read in place');
+    assert.equal(seen.digest('hex'), sha256(image));
+    await assertDevice(loop, image);
+  });
+
+  it('fails with the observer when onBlock fails, and closes the device', async () => {
+    const loop = await newLoop(32 * MiB);
+    let blocks = 0;
+    const writer = await openBlockWriter(loop.path, {
+      direct: true,
+      chunkBytes: 4 * MiB,
+      onBlock: () => {
+        blocks += 1;
+        return blocks === 2
+          ? Promise.reject(new AgentError('CHECKSUM_MISMATCH', 'the observer failed'))
+          : undefined;
+      },
+    });
+    await assert.rejects(writeImage(writer, randomBytes(20 * MiB), MiB), /the observer failed/);
+    assert.equal(blocks, 2, 'nothing was handed on after the failure');
+    await writer.abort();
+    assert.deepEqual(await openFlagsOn(loop.path), [], 'every descriptor is closed after abort');
+  });
+
+  it('writers one after another reuse one set of blocks, so memory does not pile up', async () => {
+    const loop = await newLoop(32 * MiB);
+    const piece = randomBytes(MiB);
+    const before = process.memoryUsage().rss;
+    for (let writer = 0; writer < 8; writer += 1) {
+      const opened = await openBlockWriter(loop.path, { direct: true });
+      for (let offset = 0; offset < 28 * MiB; offset += MiB) await opened.write(piece);
+      await opened.finish();
+    }
+    const grown = process.memoryUsage().rss - before;
+    // 8 writers of 3 × 8 MiB each would be 192 MiB if every set stayed until a collection.
+    assert.ok(grown < 64 * MiB, `RSS grew by ${Math.round(grown / MiB)} MiB`);
+  });
+
+  it('takes a chunk without waiting while a buffer is free', async () => {
+    const loop = await newLoop(8 * MiB);
+    const writer = await openBlockWriter(loop.path, { direct: true, chunkBytes: 4 * MiB });
+    assert.equal(writer.write(randomBytes(MiB)), undefined);
+    assert.equal(writer.write(randomBytes(MiB)), undefined);
+    assert.equal((await writer.finish()).bytesWritten, 2 * MiB);
   });
 
   it('writes an image smaller than one chunk (all of it the tail)', async () => {

@@ -6,10 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { FetchOptions, FetchStats, ImageStream } from '../../agent/image/contracts.js';
+import type { FetchOptions, FetchStats, ImageStream, OutputSink } from '../../agent/image/contracts.js';
 import { fetchText, openImageStream } from '../../agent/image/fetch.js';
 import { silentLogger } from '../../agent/util/logger.js';
 import { createTestPki, type TestPki } from '../support/certs.js';
@@ -123,6 +125,307 @@ describe('image download: the happy path', () => {
       await server.stop();
     }
   });
+});
+
+describe('image download: borrowed chunks', () => {
+  const LARGE = randomBytes(13 * 1024 * 1024 + 777);
+  const LARGE_SHA256 = createHash('sha256').update(LARGE).digest('hex');
+
+  /** Hashes each chunk only after other work ran: a view must hold until the next pull. */
+  const slowDrain = async (stream: ImageStream): Promise<string> => {
+    const hash = createHash('sha256');
+    for await (const chunk of stream.body) {
+      await new Promise((resolve) => setImmediate(resolve));
+      hash.update(chunk);
+    }
+    return hash.digest('hex');
+  };
+
+  it('hand out views that stay unchanged until the next pull, through the whole ring', async () => {
+    await withServer({ data: LARGE }, async (server) => {
+      const stream = await openImageStream(options(server.url(), { borrowChunks: true }));
+      assert.equal(await slowDrain(stream), LARGE_SHA256);
+    });
+  });
+
+  it('stay unchanged across a resume', async () => {
+    await withServer(
+      { data: LARGE, faults: { 1: { kind: 'truncate', afterBytes: 5_000_001 } } },
+      async (server) => {
+        const stream = await openImageStream(options(server.url(), { borrowChunks: true }));
+        assert.equal(await slowDrain(stream), LARGE_SHA256);
+        assert.equal(stream.stats().resumes, 1);
+      },
+    );
+  });
+
+  it('stay unchanged in a chunked body', async () => {
+    await withServer({ data: LARGE, faults: () => ({ kind: 'chunked' }) }, async (server) => {
+      const stream = await openImageStream(options(server.url(), { borrowChunks: true }));
+      assert.equal(await slowDrain(stream), LARGE_SHA256);
+    });
+  });
+});
+
+/**
+ * A sink as the block writer is one: its own space to be read into, hashing what it is given, and
+ * (with `waits`) a pending promise now and then. It fails the test's download if it is called
+ * again while it still makes the caller wait.
+ */
+class HashingSink implements OutputSink {
+  readonly hash = createHash('sha256');
+  bytes = 0;
+  commits = 0;
+  writes = 0;
+  private busy = false;
+  private readonly space = Buffer.alloc(300_000);
+
+  constructor(
+    private readonly waits = false,
+    private readonly failAfter = Infinity,
+  ) {}
+
+  reserve(): Buffer | null {
+    return this.busy ? null : this.space;
+  }
+
+  commit(bytes: number): Promise<void> | undefined {
+    this.commits += 1;
+    return this.take(this.space.subarray(0, bytes));
+  }
+
+  write(piece: Buffer): Promise<void> | undefined {
+    this.writes += 1;
+    return this.take(piece);
+  }
+
+  private take(piece: Buffer): Promise<void> | undefined {
+    if (this.busy) throw new Error('the sink was called while it still made its caller wait');
+    if (this.bytes + piece.length > this.failAfter) throw new Error('the disk is full');
+    this.hash.update(piece);
+    this.bytes += piece.length;
+    if (!this.waits || (this.commits + this.writes) % 3 !== 0) return undefined;
+    this.busy = true;
+    return new Promise<void>((resolve) =>
+      setTimeout(() => {
+        this.busy = false;
+        resolve();
+      }, 1),
+    );
+  }
+}
+
+describe('image download: piped into a sink', () => {
+  const piped = async (
+    url: string,
+    sink: HashingSink,
+    extra: Partial<FetchOptions> = {},
+  ): Promise<{ stream: ImageStream; counted: number }> => {
+    const stream = await openImageStream(options(url, { borrowChunks: true, ...extra }));
+    let counted = 0;
+    await stream.pipeTo(sink, (bytes) => (counted += bytes));
+    return { stream, counted };
+  };
+
+  it('reads a body with a length straight into the sink, across a resume', async () => {
+    await withServer({ faults: { 1: { kind: 'truncate', afterBytes: 1_000_001 } } }, async (server) => {
+      const sink = new HashingSink();
+      const { stream, counted } = await piped(server.url(), sink);
+      assert.equal(sink.hash.digest('hex'), SHA256);
+      assert.equal(counted, SIZE);
+      assert.equal(stream.stats().resumes, 1);
+      assert.ok(sink.commits > 0, 'nothing was read straight into the sink');
+    });
+  });
+
+  it('keeps the order when the sink makes it wait', async () => {
+    await withServer({}, async (server) => {
+      const sink = new HashingSink(true);
+      await piped(server.url(), sink);
+      assert.equal(sink.hash.digest('hex'), SHA256);
+      assert.equal(sink.bytes, SIZE);
+    });
+  });
+
+  it('passes a chunked body on through write()', async () => {
+    await withServer({ faults: () => ({ kind: 'chunked' }) }, async (server) => {
+      const sink = new HashingSink(true);
+      await piped(server.url(), sink);
+      assert.equal(sink.hash.digest('hex'), SHA256);
+      assert.equal(sink.commits, 0);
+    });
+  });
+
+  it('takes what the body iterator has not yielded yet', async () => {
+    await withServer({}, async (server) => {
+      const stream = await openImageStream(options(server.url(), { borrowChunks: true }));
+      const sink = new HashingSink();
+      const iterator = stream.body[Symbol.asyncIterator]();
+      const first = await iterator.next();
+      assert.equal(first.done, false);
+      sink.write(Buffer.from(first.value as Buffer));
+      await stream.pipeTo(sink, () => undefined);
+      await iterator.return?.();
+      assert.equal(sink.hash.digest('hex'), SHA256);
+    });
+  });
+
+  it("fails with the sink's own error, without a retry", async () => {
+    await withServer({}, async (server) => {
+      await assert.rejects(piped(server.url(), new HashingSink(false, 2_000_000)), /the disk is full/);
+      assert.equal(server.requests.length, 1);
+      for (let wait = 0; wait < 50 && server.connections > 0; wait += 1) await sleep(10);
+      assert.equal(server.connections, 0);
+    });
+  });
+
+  it('fails DOWNLOAD_TOO_LONG when the body is longer than its Content-Length', async () => {
+    await withServer(
+      { faults: () => ({ kind: 'wrong-length', declaredDelta: -100_000 }) },
+      async (server) => {
+        const sink = new HashingSink();
+        await rejectsWithCode(piped(server.url(), sink), 'DOWNLOAD_TOO_LONG');
+        assert.ok(sink.bytes <= SIZE - 100_000, `the sink got ${sink.bytes} bytes`);
+      },
+    );
+  });
+
+  it('fails DOWNLOAD_TRUNCATED when the rest never comes', async () => {
+    await withServer(
+      { faults: (n) => ({ kind: 'truncate', afterBytes: n === 1 ? 1_000_000 : 0 }) },
+      async (server) => {
+        const sink = new HashingSink();
+        await rejectsWithCode(piped(server.url(), sink, { retries: 1 }), 'DOWNLOAD_TRUNCATED');
+        assert.equal(sink.bytes, 1_000_000);
+      },
+    );
+  });
+});
+
+/**
+ * A server that answers every request with exactly the bytes given, in the pieces given (with a
+ * turn of the event loop between them), then closes: for the framing node's server will not send.
+ */
+const withRawServer = async (
+  pieces: Array<string | Buffer>,
+  body: (url: string) => Promise<void>,
+): Promise<{ requests: number }> => {
+  const sockets = new Set<Socket>();
+  const seen = { requests: 0 };
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let head = '';
+    let answered = false;
+    socket.on('data', (data: Buffer) => {
+      head += data.toString('latin1');
+      if (answered || !head.includes('\r\n\r\n')) return;
+      answered = true;
+      seen.requests += 1;
+      void (async () => {
+        for (const piece of pieces) {
+          if (socket.destroyed) return;
+          socket.write(piece);
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+        socket.end();
+      })();
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  try {
+    await body(`http://127.0.0.1:${(server.address() as AddressInfo).port}/image.img`);
+  } finally {
+    for (const socket of sockets) socket.destroy();
+    await new Promise((resolve) => server.close(resolve));
+  }
+  return seen;
+};
+
+const chunkedBody = (data: Buffer, size: number, extension = ''): Buffer[] => {
+  const parts: Buffer[] = [];
+  for (let at = 0; at < data.length; at += size) {
+    const piece = data.subarray(at, at + size);
+    parts.push(Buffer.from(`${piece.length.toString(16)}${extension}\r\n`), piece, Buffer.from('\r\n'));
+  }
+  return parts;
+};
+
+describe('image download: HTTP/1.1 framing', () => {
+  const BODY = DATA.subarray(0, 300_000);
+  const BODY_SHA256 = createHash('sha256').update(BODY).digest('hex');
+
+  it('skips an interim 100 Continue and reads a head that arrives a byte at a time', async () => {
+    const head =
+      'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 300000\r\nETag: "x"\r\n\r\n';
+    await withRawServer([...head.split(''), BODY], async (url) => {
+      const outcome = await download(url);
+      assert.equal(outcome.sha256, BODY_SHA256);
+      assert.equal(outcome.totalBytes, BODY.length);
+    });
+  });
+
+  it('reads chunk extensions and trailers, and a size line split across reads', async () => {
+    const parts = chunkedBody(BODY, 70_001, ';name=value');
+    await withRawServer(
+      [
+        'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n',
+        ...parts.flatMap((part): Array<string | Buffer> =>
+          part.length < 40 ? part.toString('latin1').split('') : [part],
+        ),
+        '0\r\nX-Trailer: yes\r\n\r\n',
+      ],
+      async (url) => {
+        const outcome = await download(url, { borrowChunks: true });
+        assert.equal(outcome.sha256, BODY_SHA256);
+        assert.equal(outcome.totalBytes, null);
+      },
+    );
+  });
+
+  it('reads a body delimited by the close (no length, not chunked)', async () => {
+    await withRawServer(['HTTP/1.1 200 OK\r\n\r\n', BODY], async (url) => {
+      const outcome = await download(url);
+      assert.equal(outcome.sha256, BODY_SHA256);
+      assert.equal(outcome.totalBytes, null);
+    });
+  });
+
+  it('fails DOWNLOAD_TOO_LONG when bytes follow the last chunk', async () => {
+    await withRawServer(
+      [
+        'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n',
+        ...chunkedBody(BODY, 100_000),
+        '0\r\n\r\nextra',
+      ],
+      async (url) => {
+        await rejectsWithCode(download(url), 'DOWNLOAD_TOO_LONG');
+      },
+    );
+  });
+
+  for (const [name, head] of [
+    [
+      'Transfer-Encoding together with Content-Length',
+      'HTTP/1.1 200 OK\r\nContent-Length: 300000\r\nTransfer-Encoding: chunked\r\n\r\n',
+    ],
+    [
+      'two different Content-Length values',
+      'HTTP/1.1 200 OK\r\nContent-Length: 300000\r\nContent-Length: 300001\r\n\r\n',
+    ],
+    ['a status line that is not HTTP/1.x', 'HTTP/2 200\r\nContent-Length: 300000\r\n\r\n'],
+    ['a head over 64 KiB', `HTTP/1.1 200 OK\r\nX-Big: ${'a'.repeat(70_000)}\r\n\r\n`],
+  ] as const) {
+    it(`refuses ${name} as a malformed response, retried and then failed`, async () => {
+      const seen = await withRawServer([head, BODY], async (url) => {
+        const error = await rejectsWithCode(download(url, { retries: 1 }), 'DOWNLOAD_FAILED');
+        assert.match(error.message, /malformed response/);
+      });
+      assert.equal(seen.requests, 2);
+    });
+  }
 });
 
 describe('image download: drops are resumed with Range + If-Range', () => {
