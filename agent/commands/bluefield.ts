@@ -1,18 +1,9 @@
 import { Type, type Static } from '@sinclair/typebox';
 import type { BlueFieldOps } from '../hardware/bluefield/ops.js';
+import { ChecksumParam, HttpUrl } from './image.js';
 import { defineCommand, type AnyCommandDefinition } from './definition.js';
 
 const Device = Type.String({ minLength: 1, maxLength: 4096 });
-const HttpUrl = Type.String({ minLength: 8, maxLength: 8192, pattern: '^[Hh][Tt][Tt][Pp][Ss]?://' });
-
-export const ChecksumParam = Type.Union([
-  Type.String({ minLength: 1, maxLength: 8192 }),
-  Type.Object(
-    { os_hash_algo: Type.String({ maxLength: 32 }), os_hash_value: Type.String({ maxLength: 8192 }) },
-    { additionalProperties: false },
-  ),
-]);
-
 export const InstallBfbParams = Type.Object(
   {
     url: HttpUrl,

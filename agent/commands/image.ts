@@ -1,9 +1,8 @@
-import { readFile } from 'node:fs/promises';
 import { Type, type Static } from '@sinclair/typebox';
 import type { HardwarePaths } from '../hardware/paths.js';
 import type { RootDeviceHints } from '../image/contracts.js';
+import { readImageCa } from '../image/read-ca.js';
 import { writeImage, type WriteImageResult } from '../image/write-image.js';
-import { AgentError } from '../util/errors.js';
 import { defineCommand, type AnyCommandDefinition, type CommandContext } from './definition.js';
 import { RootDeviceHintsSchema } from './disk.js';
 
@@ -18,20 +17,21 @@ export interface ImageCommandDeps {
   retryIntervalS: number;
 }
 
-const HttpUrl = Type.String({ minLength: 8, maxLength: 8192, pattern: '^[Hh][Tt][Tt][Pp][Ss]?://' });
+export const HttpUrl = Type.String({ minLength: 8, maxLength: 8192, pattern: '^[Hh][Tt][Tt][Pp][Ss]?://' });
+
+/** `algo:hex`, a bare hex, a checksums-file URL, or IPA's `{os_hash_algo, os_hash_value}`. */
+export const ChecksumParam = Type.Union([
+  Type.String({ minLength: 1, maxLength: 8192 }),
+  Type.Object(
+    { os_hash_algo: Type.String({ maxLength: 32 }), os_hash_value: Type.String({ maxLength: 8192 }) },
+    { additionalProperties: false },
+  ),
+]);
 
 export const ImageWriteParams = Type.Object(
   {
     url: HttpUrl,
-    checksum: Type.Optional(
-      Type.Union([
-        Type.String({ minLength: 1, maxLength: 8192 }),
-        Type.Object(
-          { os_hash_algo: Type.String({ maxLength: 32 }), os_hash_value: Type.String({ maxLength: 8192 }) },
-          { additionalProperties: false },
-        ),
-      ]),
-    ),
+    checksum: Type.Optional(ChecksumParam),
     disk_format: Type.Optional(
       Type.Union([Type.Literal('raw'), Type.Literal('qcow2'), Type.Literal('auto')]),
     ),
@@ -40,18 +40,6 @@ export const ImageWriteParams = Type.Object(
   },
   { additionalProperties: false },
 );
-
-const readCa = async (caPath: string | null): Promise<Buffer | null> => {
-  if (!caPath) return null;
-  try {
-    return await readFile(caPath);
-  } catch (error) {
-    throw new AgentError('INVALID_CONFIG', `cannot read the image CA bundle ${caPath}; check bma-image-ca`, {
-      cause: error,
-      details: { setting: 'image-ca', path: caPath },
-    });
-  }
-};
 
 /** image.write's work, for deploy.run too. */
 export const runImageWrite = async (
@@ -71,7 +59,7 @@ export const runImageWrite = async (
     },
     {
       paths: deps.paths,
-      ca: await readCa(deps.caPath),
+      ca: await readImageCa(deps.caPath),
       insecure: deps.insecure,
       logger: context.log,
       stagingDir: deps.stagingDir,

@@ -2,9 +2,8 @@ import { Type, type Static } from '@sinclair/typebox';
 import type { BlueFieldOps } from '../hardware/bluefield/ops.js';
 import { runDeploy } from '../workflows/deploy.js';
 import { runInspect } from '../workflows/inspect.js';
-import { ChecksumParam } from './bluefield.js';
 import { defineCommand, type AnyCommandDefinition, type CommandContext } from './definition.js';
-import { ImageWriteParams } from './image.js';
+import { ChecksumParam, HttpUrl, ImageWriteParams } from './image.js';
 import { InventoryParams } from './inventory.js';
 
 export const InspectRunParams = Type.Object(
@@ -14,7 +13,7 @@ export const InspectRunParams = Type.Object(
     bfb: Type.Optional(
       Type.Object(
         {
-          url: Type.String({ minLength: 8, maxLength: 8192, pattern: '^[Hh][Tt][Tt][Pp][Ss]?://' }),
+          url: HttpUrl,
           checksum: Type.Optional(ChecksumParam),
           bf_cfg: Type.Optional(Type.String({ maxLength: 65536 })),
           force: Type.Optional(Type.Boolean()),

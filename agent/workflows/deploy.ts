@@ -3,7 +3,7 @@
  * to DPU mode and the host restricted. The order matters: a DPU in DPU mode breaks PXE and the
  * boot stream, so a failed image must leave the card as it was for the next attempt.
  */
-import type { ProgressUpdate } from '../commands/definition.js';
+import { devicesOf, withPhase } from './steps.js';
 import type { BlueFieldOps, OpContext, OpResult } from '../hardware/bluefield/ops.js';
 
 export interface DeployBlueFieldRequest {
@@ -22,17 +22,10 @@ export interface DeployDeps<ImageParams> {
   bluefield: BlueFieldOps;
 }
 
-const withPhase =
-  (context: OpContext, phase: string): OpContext['progress'] =>
-  (update: ProgressUpdate) =>
-    context.progress({ ...update, phase: `${phase}: ${update.phase}` });
-
 const anyPowerCycle = (result: OpResult | undefined): boolean => {
   if (!result) return false;
   if (result.power_cycle_required === true) return true;
-  return Array.isArray(result.devices)
-    ? (result.devices as OpResult[]).some((card) => card.power_cycle_required === true)
-    : false;
+  return devicesOf(result).some((card) => card.power_cycle_required === true);
 };
 
 export const runDeploy = async <ImageParams>(

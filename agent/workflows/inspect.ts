@@ -4,7 +4,7 @@
  * put in NIC mode before the push because PXE and the boot stream break in DPU mode; NAT and the
  * setup script come after the install because they need the installed Arm system.
  */
-import type { ProgressUpdate } from '../commands/definition.js';
+import { devicesOf, withPhase } from './steps.js';
 import type { BlueFieldOps, ChecksumInput, OpContext, OpResult } from '../hardware/bluefield/ops.js';
 
 export interface InspectRequest {
@@ -31,14 +31,6 @@ export interface InspectDeps {
 }
 
 type Step = 'mode' | 'install' | 'nat' | 'dpu_setup';
-
-const devicesOf = (result: OpResult): OpResult[] =>
-  Array.isArray(result.devices) ? (result.devices as OpResult[]) : [];
-
-const withPhase =
-  (context: OpContext, phase: string): OpContext['progress'] =>
-  (update: ProgressUpdate) =>
-    context.progress({ ...update, phase: `${phase}: ${update.phase}` });
 
 export const runInspect = async (
   request: InspectRequest,

@@ -5,10 +5,11 @@
  * Anything that needs the DPU's Arm system goes over SSH through the card's tmfifo with a key the
  * agent makes at boot and hands to the DPU in the bf.cfg of the install.
  */
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ProgressUpdate } from '../../commands/definition.js';
 import type { FetchTextOptions } from '../../image/fetch.js';
+import { readImageCa } from '../../image/read-ca.js';
 import { AgentError, errorMessage, serializeError } from '../../util/errors.js';
 import type { Logger } from '../../util/logger.js';
 import type { HardwarePaths } from '../paths.js';
@@ -304,19 +305,6 @@ export class BlueFieldPlugin implements BlueFieldOps {
     return this.stage(request, context).then(() => undefined);
   }
 
-  private async readCa(): Promise<Buffer | null> {
-    const { caPath } = this.config;
-    if (caPath === null) return null;
-    try {
-      return await readFile(caPath);
-    } catch (error) {
-      throw new AgentError('INVALID_CONFIG', `cannot read the CA bundle ${caPath}; check bma-image-ca`, {
-        cause: error,
-        details: { setting: 'image-ca', path: caPath },
-      });
-    }
-  }
-
   private stage(
     request: { url: string; checksum?: ChecksumInput | undefined },
     context: OpContext,
@@ -324,7 +312,7 @@ export class BlueFieldPlugin implements BlueFieldOps {
     const key = `${request.url}\n${checksumKey(request.checksum)}`;
     let staged = this.staged.get(key);
     if (!staged) {
-      staged = this.readCa().then((ca) =>
+      staged = readImageCa(this.config.caPath).then((ca) =>
         stageBfb(
           { url: request.url, ...(request.checksum === undefined ? {} : { checksum: request.checksum }) },
           {
