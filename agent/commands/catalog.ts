@@ -2,14 +2,14 @@ import type { Config } from '../config/options.js';
 import { BlueFieldPlugin } from '../hardware/bluefield/plugin.js';
 import { createPowerBackend } from '../hardware/generic/power.js';
 import type { HardwarePaths } from '../hardware/paths.js';
-import type { Logger } from '../util/logger.js';
+import type { Logger, LogRing } from '../util/logger.js';
 import { diskCommands } from './disk.js';
 import { bluefieldCommands } from './bluefield.js';
 import { imageCommands, runImageWrite, type ImageCommandDeps } from './image.js';
 import { collectFullInventory, inventoryCommands, type InventoryCommandDeps } from './inventory.js';
 import { lldpCommands } from './lldp.js';
 import { CommandRegistry } from './registry.js';
-import { systemCommands } from './system.js';
+import { systemCommands, systemLogCommands } from './system.js';
 import { workflowCommands } from './workflows.js';
 
 export const hardwarePaths = (config: Config): HardwarePaths => ({
@@ -19,8 +19,19 @@ export const hardwarePaths = (config: Config): HardwarePaths => ({
   run: config.runRoot,
 });
 
-/** Every command the agent offers, whatever front door calls it. */
-export const buildRegistry = (config: Config, logger: Logger): CommandRegistry => {
+export interface RegistryExtras {
+  /** The ring the logger also writes to (createLogger's `ring`); system.collect_logs archives it. */
+  logRing?: LogRing;
+}
+
+export interface AgentCommands {
+  registry: CommandRegistry;
+  /** The BlueField plugin, whose support level decides whether BlueField steps are offered. */
+  bluefield: BlueFieldPlugin;
+}
+
+/** Every command the agent offers, whatever front door calls it, and the plugins behind them. */
+export const buildCommands = (config: Config, logger: Logger, extras: RegistryExtras = {}): AgentCommands => {
   const paths = hardwarePaths(config);
   const power = createPowerBackend(config.powerBackend, { paths, logger });
   const bluefield = new BlueFieldPlugin({
@@ -56,12 +67,14 @@ export const buildRegistry = (config: Config, logger: Logger): CommandRegistry =
     stallTimeoutS: config.imageStallTimeoutS,
     retries: config.imageRetries,
     retryIntervalS: config.imageRetryIntervalS,
+    includeLoops: config.includeLoopDisks,
   };
-  return new CommandRegistry().register(
+  const registry = new CommandRegistry().register(
     ...systemCommands({ power }),
     ...inventoryCommands(inventoryDeps),
     ...lldpCommands({ paths, defaultTimeoutS: config.lldpTimeoutS }),
-    ...diskCommands({ paths }),
+    ...systemLogCommands({ paths, logRing: extras.logRing ?? null }),
+    ...diskCommands({ paths, includeLoops: config.includeLoopDisks }),
     ...imageCommands(imageDeps),
     ...bluefieldCommands(bluefield),
     ...workflowCommands({
@@ -70,4 +83,8 @@ export const buildRegistry = (config: Config, logger: Logger): CommandRegistry =
       bluefield,
     }),
   );
+  return { registry, bluefield };
 };
+
+export const buildRegistry = (config: Config, logger: Logger, extras: RegistryExtras = {}): CommandRegistry =>
+  buildCommands(config, logger, extras).registry;

@@ -15,6 +15,7 @@ export interface ImageCommandDeps {
   stallTimeoutS: number;
   retries: number;
   retryIntervalS: number;
+  includeLoops?: boolean;
 }
 
 export const HttpUrl = Type.String({ minLength: 8, maxLength: 8192, pattern: '^[Hh][Tt][Tt][Pp][Ss]?://' });
@@ -69,6 +70,7 @@ export const runImageWrite = async (
       retryBaseMs: Math.min(1000, deps.retryIntervalS * 1000),
       retryMaxMs: deps.retryIntervalS * 1000,
       stallTimeoutMs: deps.stallTimeoutS * 1000,
+      includeLoops: deps.includeLoops ?? false,
     },
     { signal: context.signal, progress: context.progress },
   );

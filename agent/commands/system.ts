@@ -1,5 +1,6 @@
 import { Type } from '@sinclair/typebox';
 import type { PowerBackend } from '../hardware/generic/power.js';
+import { collectSystemLogs, type CollectLogsDeps } from '../system/collect-logs.js';
 import { defineCommand, type AnyCommandDefinition, type CommandContext } from './definition.js';
 
 export interface SystemCommandDeps {
@@ -51,5 +52,31 @@ export const systemCommands = (deps: SystemCommandDeps): AnyCommandDefinition[] 
     exclusive: true,
     params: NoParams,
     handler: (_params, context) => schedulePowerAction(deps.power, 'reboot', context),
+  }),
+];
+
+export type SystemLogCommandDeps = CollectLogsDeps;
+
+/** IPA's log.collect_system_logs: read-only, so it runs beside an erase or a deploy that failed. */
+export const systemLogCommands = (deps: SystemLogCommandDeps): AnyCommandDefinition[] => [
+  defineCommand({
+    name: 'system.collect_logs',
+    summary:
+      "Gather the agent's recent log, the ramdisk's logs and the output of dmesg, ip, lsblk, df, ps into a gzip'd tar",
+    exclusive: false,
+    params: NoParams,
+    handler: async (_params, context) => {
+      const collected = await collectSystemLogs(deps, { signal: context.signal });
+      if (collected.errors.length > 0)
+        context.log.info(
+          { notes: collected.errors.length },
+          'system logs collected; errors.txt says what is missing',
+        );
+      return {
+        archive: collected.archive.toString('base64'),
+        files: collected.files,
+        bytes: collected.archive.length,
+      };
+    },
   }),
 ];

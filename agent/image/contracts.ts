@@ -29,6 +29,8 @@ export interface SelectDiskOptions {
   hints?: RootDeviceHints;
   /** Refuse a disk smaller than this many bytes (the image size when known). */
   minSizeBytes?: number;
+  /** Loop devices count as disks for hints and the default choice (bma-include-loop-disks). */
+  includeLoops?: boolean;
   signal?: AbortSignal;
 }
 

@@ -38,6 +38,8 @@ export interface WriteImageDeps {
   retryBaseMs?: number;
   retryMaxMs?: number;
   stallTimeoutMs?: number;
+  /** Loop devices count as disks (bma-include-loop-disks). */
+  includeLoops?: boolean;
 }
 
 export interface WriteImageResult {
@@ -171,6 +173,7 @@ export const writeImage = async (
     paths: deps.paths,
     ...(request.device ? { device: request.device } : {}),
     ...(request.root_device_hints ? { hints: request.root_device_hints } : {}),
+    includeLoops: deps.includeLoops ?? false,
     signal,
   });
   logger.info({ device: disk.path, size: disk.sizeBytes, url: request.url }, 'writing image');

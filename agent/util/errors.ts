@@ -39,6 +39,8 @@ export const ERROR_CODES = {
   DEVICE_READ_ONLY: 'the disk is read-only',
   DEVICE_TOO_SMALL: 'the disk is smaller than what must be written to it',
   WIPE_FAILED: 'the partition-table and filesystem signatures could not all be wiped',
+  ERASE_FAILED:
+    'a disk could not be overwritten with zeros to its end (blkdiscard and the fallback writes both failed, or the device took fewer bytes than its size)',
   BLUEFIELD_NOT_FOUND: 'no BlueField matches: none in the host, or the `device` param names none of them',
   BFB_INVALID:
     'the file is not a complete, intact BFB (bad magic or header, an image CRC mismatch, truncated, trailing bytes)',
@@ -67,6 +69,24 @@ export const ERROR_CODES = {
     'the tmfifo NAT could not be set up: no default-route interface, no nft or iptables, or the rules failed',
   RSHIM_DISABLE_REFUSED:
     'disable_rshim would cut the host off the rshim before a BFB was installed by this agent; pass force to do it anyway',
+  IRONIC_UNREACHABLE:
+    'Ironic (or the inspector) could not be reached: connection refused or reset, DNS, TLS, or no answer within the request timeout',
+  IRONIC_API_ERROR: "Ironic answered with an HTTP error; details carry the status and Ironic's faultstring",
+  IRONIC_BAD_RESPONSE: 'Ironic answered, but not with the JSON or status its API defines',
+  LOOKUP_FAILED:
+    "the node was not found in Ironic before ipa-lookup-timeout: check the node's provision state, its ports' MACs and ipa-api-url",
+  ADVERTISE_ADDRESS_NOT_FOUND:
+    'no address for the callback URL: no route to Ironic with a usable source address; set ipa-advertise-host',
+  VERSION_MISMATCH:
+    "the hardware manager versions Ironic cached differ from the agent's: Ironic refreshes its steps and retries",
+  UNKNOWN_STEP: 'the clean or deploy step is not one this agent offers (or its hardware is not in this host)',
+  AGENT_BUSY: 'another command that changes a disk, the DPU or the power state is still running',
+  DISK_READ_FAILED: 'the disk could not be read: missing, unreadable, or shorter than its first sectors',
+  PARTITION_TABLE_MISSING:
+    'the disk holds no partition table with a partition (the image is not a whole-disk image)',
+  ROOT_UUID_MISMATCH: 'the root uuid Ironic sent is not the disk identifier of the disk this agent wrote',
+  NO_IMAGE_WRITTEN:
+    'the command needs the disk this agent wrote, and no image was written since the agent started',
   INTERNAL: 'a bug in the agent: report it with the logs',
 } as const;
 

@@ -20,8 +20,8 @@ export interface SelectDeps {
   listCandidates?: (paths: HardwarePaths, signal: AbortSignal | undefined) => Promise<DiskInventory[]>;
 }
 
-const defaultListing = (paths: HardwarePaths, signal: AbortSignal | undefined) =>
-  listCandidateDisks(paths, signal ? { signal } : {});
+const defaultListing = (includeLoops: boolean) => (paths: HardwarePaths, signal: AbortSignal | undefined) =>
+  listCandidateDisks(paths, { ...(signal ? { signal } : {}), includeLoops });
 
 const kernelName = (disk: DiskInventory): string => disk.name.slice(disk.name.lastIndexOf('/') + 1);
 
@@ -69,7 +69,10 @@ const pickDevice = async (options: SelectDiskOptions, deps: SelectDeps): Promise
   if (options.device !== undefined) return options.device;
   // Hints are checked before anything is listed: a typo fails fast and names the field.
   const hints = hasHints(options.hints) ? parseRootDeviceHints(options.hints) : null;
-  const disks = await (deps.listCandidates ?? defaultListing)(options.paths, options.signal);
+  const disks = await (deps.listCandidates ?? defaultListing(options.includeLoops ?? false))(
+    options.paths,
+    options.signal,
+  );
   options.signal?.throwIfAborted();
   const chosen =
     hints === null
