@@ -1,6 +1,6 @@
 import { effectiveLogLevel, loadConfig, type LoadedConfig } from '../config/load.js';
 import { AgentError } from '../util/errors.js';
-import { createLogger, type LogForwarder, type Logger } from '../util/logger.js';
+import { createLogger, type LogForwarder, type Logger, type LogRing } from '../util/logger.js';
 
 export const EXIT_OK = 0;
 export const EXIT_FAILED = 1;
@@ -17,7 +17,7 @@ export interface CliContext {
  */
 export const prepare = async (
   flags: Record<string, unknown>,
-  options: { stream: 'stdout' | 'stderr'; forwarder?: LogForwarder },
+  options: { stream: 'stdout' | 'stderr'; forwarder?: LogForwarder; ring?: LogRing },
 ): Promise<CliContext> => {
   const loaded = await loadConfig({ flags });
   const { config, sources } = loaded;
@@ -27,6 +27,7 @@ export const prepare = async (
     level: options.stream === 'stderr' && !chosen ? 'warn' : effectiveLogLevel(config),
     stream: options.stream,
     forwarder: options.forwarder,
+    ring: options.ring,
   });
   for (const notice of loaded.notices) logger[notice.level]({ arg: notice.arg }, notice.msg);
   return { loaded, logger };

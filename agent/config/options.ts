@@ -22,6 +22,28 @@ const parsePathList = (raw: string | boolean): string[] => {
 
 export const POWER_BACKENDS = ['command', 'sysrq', 'none'] as const;
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
+export const ADVERTISE_PROTOCOLS = ['http', 'https'] as const;
+
+/** Ironic's microversion form, `1.68`. */
+const parseApiVersion = (raw: string | boolean): string => {
+  if (typeof raw !== 'string' || !/^1\.\d{1,3}$/.test(raw.trim()))
+    throw new ValueError('a version like 1.68');
+  return raw.trim();
+};
+
+/** `req-<uuid>`, the form Ironic puts in ipa-global-request-id and logs under. */
+const parseRequestId = (raw: string | boolean): string => {
+  if (typeof raw !== 'string' || !/^req-[0-9a-fA-F-]{36}$/.test(raw.trim()))
+    throw new ValueError('a request id like req-<uuid>');
+  return raw.trim();
+};
+
+/** An IP literal or host name to bind or advertise (IPv6 without brackets). */
+const parseHost = (raw: string | boolean): string => {
+  const value = typeof raw === 'string' ? raw.trim().replace(/^\[(.*)\]$/, '$1') : '';
+  if (value === '' || !/^[0-9A-Za-z.:%_-]+$/.test(value)) throw new ValueError('a host name or IP address');
+  return value;
+};
 
 export interface Config {
   conductorUrl: string | null;
@@ -36,6 +58,19 @@ export interface Config {
   lldpTimeoutS: number;
   ironicApiUrl: string | null;
   inspectionCallbackUrl: string | null;
+  ipaListenHost: string | null;
+  ipaListenPort: number;
+  ipaAdvertiseHost: string | null;
+  ipaAdvertisePort: number | null;
+  ipaAdvertiseProtocol: (typeof ADVERTISE_PROTOCOLS)[number];
+  ipaTlsCert: string | null;
+  ipaTlsKey: string | null;
+  ipaLookupTimeoutS: number;
+  ipaLookupIntervalS: number;
+  ipaAgentToken: string | null;
+  ipaApiVersion: string | null;
+  ipaGlobalRequestId: string | null;
+  includeLoopDisks: boolean;
   powerBackend: (typeof POWER_BACKENDS)[number];
   pingIntervalS: number;
   pongTimeoutS: number;
@@ -95,7 +130,7 @@ export const OPTIONS: OptionSpec[] = [
     flag: 'conductor-ca',
     parse: parsePath,
     default: null,
-    describe: 'CA bundle (PEM) that verifies the conductor',
+    describe: 'CA bundle (PEM) that verifies the conductor, and Ironic and the inspector on https',
   }),
   option({
     key: 'conductorPin',
@@ -189,6 +224,125 @@ export const OPTIONS: OptionSpec[] = [
     parse: urlParser(['http', 'https']),
     default: null,
     describe: 'ironic-inspector callback URL',
+  }),
+  option({
+    key: 'ipaListenHost',
+    kernel: ['ipa-listen-host'],
+    env: 'BMA_IPA_LISTEN_HOST',
+    flag: 'ipa-listen-host',
+    parse: parseHost,
+    default: null,
+    describe: 'address the agent API (for Ironic) listens on (default :: when IPv6 is up, else 0.0.0.0)',
+  }),
+  option({
+    key: 'ipaListenPort',
+    kernel: ['ipa-listen-port'],
+    env: 'BMA_IPA_LISTEN_PORT',
+    flag: 'ipa-listen-port',
+    parse: numberParser(1, 65535),
+    default: 9999,
+    describe: 'port of the agent API for Ironic',
+  }),
+  option({
+    key: 'ipaAdvertiseHost',
+    kernel: ['ipa-advertise-host'],
+    env: 'BMA_IPA_ADVERTISE_HOST',
+    flag: 'ipa-advertise-host',
+    parse: parseHost,
+    default: null,
+    describe: "host in the callback URL sent to Ironic (default: this node's source address towards Ironic)",
+  }),
+  option({
+    key: 'ipaAdvertisePort',
+    kernel: ['ipa-advertise-port'],
+    env: 'BMA_IPA_ADVERTISE_PORT',
+    flag: 'ipa-advertise-port',
+    parse: numberParser(1, 65535),
+    default: null,
+    describe: 'port in the callback URL (default: ipa-listen-port)',
+  }),
+  option({
+    key: 'ipaAdvertiseProtocol',
+    kernel: ['ipa-advertise-protocol'],
+    env: 'BMA_IPA_ADVERTISE_PROTOCOL',
+    flag: 'ipa-advertise-protocol',
+    parse: enumParser(ADVERTISE_PROTOCOLS),
+    default: 'http',
+    describe: 'scheme of the callback URL; https whenever the agent API has a certificate',
+  }),
+  option({
+    key: 'ipaTlsCert',
+    kernel: ['bma-ipa-tls-cert'],
+    env: 'BMA_IPA_TLS_CERT',
+    flag: 'ipa-tls-cert',
+    parse: parsePath,
+    default: null,
+    describe: 'certificate (PEM) the agent API serves; Ironic then calls it over https',
+  }),
+  option({
+    key: 'ipaTlsKey',
+    kernel: ['bma-ipa-tls-key'],
+    env: 'BMA_IPA_TLS_KEY',
+    flag: 'ipa-tls-key',
+    parse: parsePath,
+    default: null,
+    describe: 'private key (PEM) of bma-ipa-tls-cert',
+  }),
+  option({
+    key: 'ipaLookupTimeoutS',
+    kernel: ['ipa-lookup-timeout'],
+    env: 'BMA_IPA_LOOKUP_TIMEOUT',
+    flag: 'ipa-lookup-timeout',
+    parse: numberParser(1, 24 * 3600),
+    default: 300,
+    describe: 'seconds to keep retrying the node lookup before the agent exits (and is restarted)',
+  }),
+  option({
+    key: 'ipaLookupIntervalS',
+    kernel: ['ipa-lookup-interval'],
+    env: 'BMA_IPA_LOOKUP_INTERVAL',
+    flag: 'ipa-lookup-interval',
+    parse: numberParser(0.01, 60),
+    default: 1,
+    describe: 'first wait between lookups (random exponential backoff up to 60 s)',
+  }),
+  option({
+    key: 'ipaAgentToken',
+    kernel: ['ipa-agent-token'],
+    env: 'BMA_IPA_AGENT_TOKEN',
+    flag: 'ipa-agent-token',
+    parse: parseText,
+    default: null,
+    describe: 'agent token handed out in advance (virtual media boots); otherwise the lookup brings it',
+  }),
+  option({
+    key: 'ipaApiVersion',
+    kernel: ['ipa-ironic-api-version'],
+    env: 'BMA_IPA_API_VERSION',
+    flag: 'ipa-ironic-api-version',
+    parse: parseApiVersion,
+    default: null,
+    describe: 'fixed Ironic API microversion instead of asking Ironic for its maximum',
+  }),
+  option({
+    key: 'ipaGlobalRequestId',
+    kernel: ['ipa-global-request-id'],
+    env: 'BMA_IPA_GLOBAL_REQUEST_ID',
+    flag: 'ipa-global-request-id',
+    parse: parseRequestId,
+    default: null,
+    describe: 'request id sent to Ironic as X-OpenStack-Request-ID, so its logs tie to this boot',
+  }),
+  option({
+    key: 'includeLoopDisks',
+    kernel: ['bma-include-loop-disks'],
+    env: 'BMA_INCLUDE_LOOP_DISKS',
+    flag: 'include-loop-disks',
+    parse: parseBool,
+    default: false,
+    boolean: true,
+    describe:
+      'count loop devices as disks for root device hints, the default root disk and erasing every disk (lab rigs whose disks are loop devices)',
   }),
   option({
     key: 'powerBackend',
@@ -418,24 +572,14 @@ export const IPA_ARGS_NOT_USED = new Set([
   'bma-init-debug',
   'bma-modules',
   'bma-ntp-server',
-  'ipa-global-request-id',
-  'ipa-agent-token',
   'ipa-agent-token-required',
-  'ipa-lookup-timeout',
-  'ipa-lookup-interval',
   'ipa-inspection-collectors',
   'ipa-inspection-dhcp-wait-timeout',
   'ipa-inspection-dhcp-all-interfaces',
   'ipa-inspection-benchmarks',
-  'ipa-listen-host',
-  'ipa-listen-port',
-  'ipa-advertise-host',
-  'ipa-advertise-port',
-  'ipa-advertise-protocol',
   'ipa-hardware-initialization-delay',
   'ipa-disk-wait-attempts',
   'ipa-disk-wait-delay',
-  'ipa-ironic-api-version',
   'ipa-enable-vlan-interfaces',
   'ipa-ignore-bootloader-failure',
   'ipa-inject-files-priority',

@@ -408,7 +408,7 @@ export interface StatusConsoleDeps {
   bootif: string | null;
   agentVersion: string;
   paths: HardwarePaths;
-  link: LinkSource;
+  link?: LinkSource;
   commands: CommandSource;
   logs: LogSource;
   logger: Logger;
@@ -437,7 +437,11 @@ export const startStatusConsole = (deps: StatusConsoleDeps): StatusConsole => {
     conductorUrl: deps.conductorUrl,
     bootif: deps.bootif,
   });
-  const detach = model.attach({ link: deps.link, commands: deps.commands, logs: deps.logs });
+  const detach = model.attach({
+    ...(deps.link ? { link: deps.link } : {}),
+    commands: deps.commands,
+    logs: deps.logs,
+  });
   model.setIdentity({ hostname: os.hostname(), addresses: listAddresses() });
   let refresh: NodeJS.Timeout | null = null;
   const screen = StatusScreen.open({

@@ -183,7 +183,10 @@ describe('the command line', () => {
     assert.match(malformed.stderr, /--lldp-timeout=soon is malformed: expected a number from 0 to 600/);
     const noConductor = await runCli(['run']);
     assert.equal(noConductor.code, 2);
-    assert.match(noConductor.stderr, /bma-conductor-url or --conductor-url/);
+    assert.match(
+      noConductor.stderr,
+      /bma-conductor-url \(WebSocket conductor\) or ipa-api-url \(OpenStack Ironic\)/,
+    );
     const clear = await runCli(['run', '--conductor-url', 'ws://127.0.0.1:9/v1/agent']);
     assert.equal(clear.code, 2);
     assert.match(clear.stderr, /not encrypted.*--insecure/);
@@ -230,11 +233,13 @@ describe('the command line', () => {
         ['bluefield.set_host_privilege', true],
         ['bluefield.set_mode', true],
         ['deploy.run', true],
+        ['disk.erase', true],
         ['disk.erase_metadata', true],
         ['image.write', true],
         ['inspect.run', true],
         ['inventory.collect', false],
         ['lldp.collect', false],
+        ['system.collect_logs', false],
         ['system.power_off', true],
         ['system.reboot', true],
         ['system.sync', true],

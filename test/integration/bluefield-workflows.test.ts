@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFile, rm, symlink } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { CommandRecord } from '../../agent/protocol/schema.js';
@@ -16,7 +16,8 @@ import { createBlueFieldWorld, type BlueFieldWorld } from '../support/bluefield-
 import { ReferenceConductor } from '../support/conductor.js';
 import { FaultyHttpServer } from '../support/faulty-http-server.js';
 import { sha256OfRange } from '../support/image-loop.js';
-import { LoopLab, loopLabSkipReason, MIB, sh, type LoopDisk } from '../support/loop-lab.js';
+import { LoopLab, loopLabSkipReason, MIB, type LoopDisk } from '../support/loop-lab.js';
+import { addLoopToTree } from '../support/tree-disks.js';
 import { spawnAgent, type SpawnedAgent } from '../support/spawn-agent.js';
 
 const skip = (await dpuHostsSkipReason(['nft', 'bash'])) ?? (await loopLabSkipReason()) ?? false;
@@ -65,25 +66,7 @@ describe('BlueField workflows through the conductor', { skip }, () => {
     loops = await LoopLab.create('bf-deploy');
     disk = await loops.addLoop(16 * MIB);
     // The loop joins the BlueField host's tree, the only disk the agent can see there.
-    const majMin = (await readFile(`/sys/class/block/${disk.kname}/dev`, 'utf8')).trim().split(':');
-    await sh('mknod', [
-      '-m',
-      '600',
-      path.join(world.lab.paths.dev, disk.kname),
-      'b',
-      majMin[0] ?? '',
-      majMin[1] ?? '',
-    ]);
-    await symlink(
-      `/sys/class/block/${disk.kname}`,
-      path.join(world.lab.paths.sys, 'class', 'block', disk.kname),
-    ).catch(async () => {
-      await sh('mkdir', ['-p', path.join(world.lab.paths.sys, 'class', 'block')]);
-      await symlink(
-        `/sys/class/block/${disk.kname}`,
-        path.join(world.lab.paths.sys, 'class', 'block', disk.kname),
-      );
-    });
+    await addLoopToTree(world.lab.paths, disk);
     agent = await startAgent();
     await conductor.waitForConnection(30_000);
   });

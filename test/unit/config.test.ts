@@ -61,7 +61,7 @@ describe('configuration layers', () => {
   it('logs malformed and unknown kernel arguments once and ignores them', () => {
     const { config, notices } = buildConfig({
       cmdline:
-        'ipa-lldp-timeout=soon bma-conductor-url=ftp://x bma-conductor-pin=md5/abc BOOTIF=zz bma-frobnicate=1 ipa-global-request-id=req-1 ipa-made-up=2 console=ttyS0',
+        'ipa-lldp-timeout=soon bma-conductor-url=ftp://x bma-conductor-pin=md5/abc BOOTIF=zz bma-frobnicate=1 ipa-inspection-dhcp-wait-timeout=60 ipa-made-up=2 console=ttyS0',
     });
     assert.equal(config.lldpTimeoutS, 30);
     assert.equal(config.conductorUrl, null);
@@ -72,9 +72,38 @@ describe('configuration layers', () => {
     assert.match(byArg.get('bma-conductor-url')?.msg ?? '', /malformed.*ws or wss/);
     assert.equal(byArg.get('bma-frobnicate')?.level, 'warn');
     assert.equal(byArg.get('ipa-made-up')?.level, 'warn');
-    assert.equal(byArg.get('ipa-global-request-id')?.level, 'debug');
+    assert.equal(byArg.get('ipa-inspection-dhcp-wait-timeout')?.level, 'debug');
     assert.equal(byArg.has('console'), false, 'arguments for the kernel are none of our business');
     assert.equal(notices.length, 7);
+  });
+
+  it("reads IPA's front-door arguments and refuses malformed ones", () => {
+    const { config, notices } = buildConfig({
+      cmdline:
+        'ipa-api-url=http://192.0.2.1:6385 ipa-listen-port=9998 ipa-advertise-host=[fd00::5] ipa-advertise-protocol=https ipa-lookup-timeout=60 ipa-ironic-api-version=1.68 ipa-global-request-id=req-0d4e5e8c-7f2b-4c1a-9f0e-2f6a1b3c4d5e bma-include-loop-disks=1',
+    });
+    assert.equal(config.ironicApiUrl, 'http://192.0.2.1:6385/');
+    assert.equal(config.ipaListenPort, 9998);
+    assert.equal(config.ipaAdvertiseHost, 'fd00::5');
+    assert.equal(config.ipaAdvertiseProtocol, 'https');
+    assert.equal(config.ipaLookupTimeoutS, 60);
+    assert.equal(config.ipaApiVersion, '1.68');
+    assert.equal(config.ipaGlobalRequestId, 'req-0d4e5e8c-7f2b-4c1a-9f0e-2f6a1b3c4d5e');
+    assert.equal(config.includeLoopDisks, true);
+    assert.deepEqual(notices, []);
+    const bad = buildConfig({
+      cmdline:
+        'ipa-listen-port=99999 ipa-advertise-protocol=gopher ipa-ironic-api-version=latest ipa-global-request-id=req-1 ipa-advertise-host=a/b',
+    });
+    assert.deepEqual(bad.notices.map((notice) => [notice.arg, notice.level]).sort(), [
+      ['ipa-advertise-host', 'warn'],
+      ['ipa-advertise-protocol', 'warn'],
+      ['ipa-global-request-id', 'warn'],
+      ['ipa-ironic-api-version', 'warn'],
+      ['ipa-listen-port', 'warn'],
+    ]);
+    assert.equal(bad.config.ipaListenPort, 9999);
+    assert.equal(bad.config.ipaAdvertiseProtocol, 'http');
   });
 
   it('rejects a malformed flag with an error that names it', () => {
