@@ -3,7 +3,7 @@ SHELL := /bin/bash
 NPM ?= npm
 NODE ?= node
 
-.PHONY: all deps build lint test test-unit test-integration demo bench clean format packages ramdisk
+.PHONY: all deps build lint test test-unit test-integration demo demo-local bench clean format packages ramdisk
 
 all: build
 
@@ -39,13 +39,20 @@ test-unit: build
 test-integration: build
 	$(NODE) --test --test-concurrency=1 $$(find dist/test/integration -name '*.test.js' | sort)
 
-# A reference conductor and a real agent on this machine: hello, heartbeats and an
-# inventory.collect round-trip with progress; ends by itself.
-# The Debian packages the BlueField act of the demo needs (sshd, nftables...), when missing.
+# The Debian packages the demos, the tests and the ramdisk build need (QEMU, iPXE, sshd,
+# nftables...), when missing.
 packages:
-	.ci/packages
+	.ci/packages --no-ironic
 
-demo: packages build
+# The ramdisk PXE-booted in a QEMU VM (no KVM needed), seen from the reference conductor as it
+# happens: iPXE's fetches, the hello, the inventory with an LLDP neighbour, image.write with a
+# progress bar, the power-off; then the timings and where the artefacts are (build/demo/).
+demo: packages build ramdisk
+	$(NODE) dist/test/support/pxe-demo.js
+
+# A reference conductor and a real agent on this machine, no VM: hello, heartbeats and an
+# inventory.collect round-trip with progress, then the simulated BlueField host; ends by itself.
+demo-local: packages build
 	$(NODE) dist/test/support/demo.js
 
 # Each prints its figures next to the plain tools measured in the same run (see bench/README.md).

@@ -12,30 +12,26 @@
  * ramdisk first; without it (or without QEMU) this file skips and says why.
  */
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
-import { copyFile, mkdir, mkdtemp, open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { copyFile, mkdir, mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import type { CommandRecord } from '../../agent/protocol/schema.js';
 import type { Inventory } from '../../agent/hardware/generic/inventory/types.js';
-import { BootServer } from '../support/boot-server.js';
-import { ReferenceConductor } from '../support/conductor.js';
 import { GIB, haveTools, MIB, sh } from '../support/loop-lab.js';
 import {
-  DEFAULT_MACS,
-  e2eLogDir,
-  GUEST_SERVICE_HOST,
-  lldpFrame,
-  loadRamdisk,
-  QemuVm,
-  qemuSkipReason,
-  waitForHello,
-  type LldpNeighbour,
-  type RamdiskArtefacts,
-} from '../support/qemu.js';
+  firstDifference,
+  makeDiskImage,
+  PxeLab,
+  pxeLabSkipReason,
+  readAt,
+  type DiskImage,
+  type PxeSession,
+} from '../support/pxe-lab.js';
+import { DEFAULT_MACS, e2eLogDir, type LldpNeighbour } from '../support/qemu.js';
 
-const skip = (await qemuSkipReason('pxe')) ?? (await haveTools('sgdisk', 'mkfs.ext4', 'wipefs')) ?? false;
+const skip = (await pxeLabSkipReason()) ?? (await haveTools('wipefs')) ?? false;
 if (skip) process.stderr.write(`# skipping the PXE end-to-end test: ${skip}\n`);
 
 const BOOT_TIMEOUT_MS = 120_000;
@@ -54,68 +50,6 @@ const SWITCH: LldpNeighbour = {
 };
 const echoConsole = process.env.BMA_E2E_CONSOLE === '1';
 
-interface DiskImage {
-  file: string;
-  sha256: string;
-}
-
-/** GPT, one partition, ext4 in it holding the marker and incompressible data. */
-const makeDiskImage = async (dir: string): Promise<DiskImage> => {
-  const content = path.join(dir, 'content');
-  await mkdir(content);
-  await writeFile(path.join(content, 'marker.txt'), MARKER);
-  await writeFile(path.join(content, 'random.bin'), randomBytes(8 * MIB));
-  const filesystem = path.join(dir, 'fs.img');
-  await sh('mkfs.ext4', ['-q', '-F', '-d', content, filesystem, `${IMAGE_BYTES / MIB - 2}M`]);
-  const file = path.join(dir, 'disk.img');
-  const handle = await open(file, 'w');
-  try {
-    await handle.truncate(IMAGE_BYTES);
-    const bytes = await readFile(filesystem);
-    await handle.write(bytes, 0, bytes.length, MIB);
-  } finally {
-    await handle.close();
-  }
-  // sgdisk touches only LBA 0-33 and the backup at the end: the file system at 1 MiB stays whole.
-  await sh('sgdisk', ['-o', '-n', '1:2048:0', '-t', '1:8300', '-c', '1:bma-e2e', file]);
-  const sha256 = createHash('sha256')
-    .update(await readFile(file))
-    .digest('hex');
-  return { file, sha256 };
-};
-
-/** Offset of the first byte where the files differ within `length`, or -1. */
-const firstDifference = async (a: string, b: string, length: number): Promise<number> => {
-  const [ha, hb] = await Promise.all([open(a, 'r'), open(b, 'r')]);
-  try {
-    const chunk = 4 * MIB;
-    const ba = Buffer.alloc(chunk);
-    const bb = Buffer.alloc(chunk);
-    for (let offset = 0; offset < length; offset += chunk) {
-      const want = Math.min(chunk, length - offset);
-      const [ra, rb] = await Promise.all([ha.read(ba, 0, want, offset), hb.read(bb, 0, want, offset)]);
-      if (ra.bytesRead !== want || rb.bytesRead !== want)
-        return offset + Math.min(ra.bytesRead, rb.bytesRead);
-      if (ba.subarray(0, want).equals(bb.subarray(0, want))) continue;
-      for (let i = 0; i < want; i++) if (ba[i] !== bb[i]) return offset + i;
-    }
-    return -1;
-  } finally {
-    await Promise.all([ha.close(), hb.close()]);
-  }
-};
-
-const readAt = async (file: string, offset: number, length: number): Promise<Buffer> => {
-  const handle = await open(file, 'r');
-  try {
-    const buffer = Buffer.alloc(length);
-    await handle.read(buffer, 0, length, offset);
-    return buffer;
-  } finally {
-    await handle.close();
-  }
-};
-
 /** What would make the disk bootable or partitioned, as found on the host. */
 const signatures = async (file: string, size: number): Promise<string[]> => {
   const found: string[] = [];
@@ -132,106 +66,78 @@ const signatures = async (file: string, size: number): Promise<string[]> => {
 // The tests, not the suite, carry the skip: a skipped test shows in the totals with its reason.
 describe('the ramdisk PXE-booted under QEMU, driven by the reference conductor', () => {
   let work: string;
-  let ramdisk: RamdiskArtefacts;
-  let boot: BootServer;
+  let lab: PxeLab;
   let image: DiskImage;
+  let imageUrl: string;
 
   before(async () => {
     if (skip) return;
-    ramdisk = await loadRamdisk();
     work = await mkdtemp(path.join(os.tmpdir(), 'bma-e2e-'));
-    boot = await BootServer.start();
-    image = await makeDiskImage(work);
-    boot.publish('/disk.img', image.file);
+    lab = await PxeLab.start();
+    image = await makeDiskImage(work, { bytes: IMAGE_BYTES, marker: MARKER });
+    imageUrl = lab.publish('/disk.img', image.file);
   });
 
   after(async () => {
-    await boot?.stop();
+    await lab?.stop();
     if (work) await rm(work, { recursive: true, force: true });
   });
-
-  interface Session {
-    vm: QemuVm;
-    conductor: ReferenceConductor;
-    disk: string;
-  }
 
   /** A fresh conductor and a VM with a fresh 2 GiB disk, booted via PXE to the agent's hello. */
   const bootToHello = async (
     t: TestContext,
     name: string,
     options: { prepareDisk?: (disk: string) => Promise<void>; kernelArgs?: string[] } = {},
-  ) => {
-    const runDir = path.join(work, name);
-    await mkdir(runDir, { recursive: true });
-    const disk = path.join(runDir, 'disk.raw');
-    await writeFile(disk, '');
-    await truncate(disk, DISK_BYTES);
-    await options.prepareDisk?.(disk);
-    const conductor = await ReferenceConductor.start({ heartbeatIntervalS: 10, path: '/v1/agent' });
-    let vm: QemuVm;
-    try {
-      vm = await QemuVm.start({
-        mode: 'pxe',
-        ramdisk,
-        runDir,
-        boot,
-        conductor: { port: conductor.port, path: '/v1/agent' },
-        disk: { file: disk, serial: DISK_SERIAL },
-        kernelArgs: options.kernelArgs,
-        cpus: CPUS,
-        memoryMiB: MEMORY_MIB,
-        onLine: echoConsole
-          ? (line) => process.stderr.write(`# [${(line.at / 1000).toFixed(2)}] ${line.text}\n`)
-          : undefined,
-      });
-    } catch (error) {
-      await conductor.stop();
-      throw error;
-    }
+  ): Promise<PxeSession> => {
+    const session = await lab.session({
+      runDir: path.join(work, name),
+      diskBytes: DISK_BYTES,
+      diskSerial: DISK_SERIAL,
+      prepareDisk: options.prepareDisk,
+      kernelArgs: options.kernelArgs,
+      cpus: CPUS,
+      memoryMiB: MEMORY_MIB,
+      onLine: echoConsole
+        ? (line) => process.stderr.write(`# [${(line.at / 1000).toFixed(2)}] ${line.text}\n`)
+        : undefined,
+    });
+    const { vm } = session;
     // QEMU goes first, then the services it was using; and the timings print however the test ended.
     t.after(async () => {
-      await vm.stop();
-      await conductor.stop();
+      await session.stop();
       const report = vm.formatPhases(`${name}: PXE boot`);
       const kept = path.join(e2eLogDir(), `pxe-${name}.console.log`);
       await mkdir(e2eLogDir(), { recursive: true });
       await copyFile(vm.consoleLog, kept);
       for (const line of [...report.split('\n'), `console: ${kept}`]) t.diagnostic(line);
     });
-    const hello = await waitForHello(vm, conductor, BOOT_TIMEOUT_MS);
+    const hello = await session.waitForHello(BOOT_TIMEOUT_MS);
     assert.deepEqual(
       [...hello.params.macs].sort(),
       [...DEFAULT_MACS].sort(),
       'the hello names both NICs QEMU was given',
     );
     assert.equal(hello.params.bootif, DEFAULT_MACS[0], 'BOOTIF from iPXE reached the agent');
-    return { vm, conductor, disk } satisfies Session;
+    return session;
   };
 
   const runCommand = async (
-    session: Session,
+    session: PxeSession,
     name: string,
     params: Record<string, unknown>,
     timeoutMs: number,
     phase = name,
   ): Promise<CommandRecord> => {
-    const { vm, conductor } = session;
-    const outcome = await vm.guard(conductor.runCommand(name, params), `command.run ${name}`);
+    const outcome = await session.startCommand(name, params);
     assert.equal(
       outcome.error,
       undefined,
       `command.run ${name} was refused: ${JSON.stringify(outcome.error)}`,
     );
-    const record = await vm.guard(
-      conductor.waitForResult(outcome.commandId, timeoutMs),
-      `the result of ${name}`,
-    );
-    vm.mark(phase);
-    return record;
+    return session.waitForResult(outcome.commandId, timeoutMs, phase);
   };
 
-  const powerOff = async (t: TestContext, session: Session): Promise<void> => {
+  const powerOff = async (t: TestContext, session: PxeSession): Promise<void> => {
     const record = await runCommand(session, 'system.power_off', {}, 60_000);
     assert.equal(record.status, 'SUCCEEDED', JSON.stringify(record.error));
     const exit = await session.vm.waitForExit(60_000);
@@ -244,9 +150,9 @@ describe('the ramdisk PXE-booted under QEMU, driven by the reference conductor',
     { skip, timeout: 8 * 60_000 },
     async (t) => {
       const session = await bootToHello(t, 'boot1');
-      const { vm, conductor } = session;
+      const { conductor } = session;
       // A switch sends its LLDPDU periodically; the frames before the agent listens are lost, as on a real port.
-      const stopLldp = vm.repeatFrame(lldpFrame(SWITCH), 500, 240);
+      const stopLldp = session.sendLldp(SWITCH, 500, 240);
 
       const inventoryRecord = await runCommand(
         session,
@@ -297,7 +203,7 @@ describe('the ramdisk PXE-booted under QEMU, driven by the reference conductor',
         session,
         'image.write',
         {
-          url: `http://${GUEST_SERVICE_HOST}/disk.img`,
+          url: imageUrl,
           checksum: `sha256:${image.sha256}`,
           disk_format: 'raw',
           device: 'vda',
@@ -352,7 +258,11 @@ describe('the ramdisk PXE-booted under QEMU, driven by the reference conductor',
       const escape = await runCommand(
         session,
         'image.write',
-        { url: `http://10.0.2.2:${boot.port}/disk.img`, checksum: `sha256:${image.sha256}`, device: 'vda' },
+        {
+          url: `http://10.0.2.2:${lab.boot.port}/disk.img`,
+          checksum: `sha256:${image.sha256}`,
+          device: 'vda',
+        },
         120_000,
         'escape-refused',
       );
@@ -364,7 +274,7 @@ describe('the ramdisk PXE-booted under QEMU, driven by the reference conductor',
       const write = await runCommand(
         session,
         'image.write',
-        { url: `http://${GUEST_SERVICE_HOST}/disk.img`, checksum: `sha256:${wrong}`, device: 'vda' },
+        { url: imageUrl, checksum: `sha256:${wrong}`, device: 'vda' },
         300_000,
       );
       assert.equal(write.status, 'FAILED');
