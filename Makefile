@@ -63,6 +63,7 @@ bench: build
 	$(NODE) dist/bench/fleet-reconnect.js
 	$(NODE) dist/bench/bfb-push.js
 	$(NODE) dist/bench/ramdisk-size.js
+	$(NODE) dist/bench/ironic-deploy.js
 
 # The PXE ramdisk in build/ramdisk/: kernel, initramfs, iPXE script and manifest, from Debian's
 # packages (downloads cached in build/cache/). Variables and kernel arguments: image-build/README.md.

@@ -214,11 +214,19 @@ export const startIpaApiServer = async (options: IpaApiServerOptions): Promise<I
     const request = parseCommandRequest(await readBody(req, maxBody));
     const dispatch = extensions.execute(request.name, request.params);
     if (!dispatch.ok) throw new HttpFault(dispatch.status, dispatch.faultstring);
-    const result =
-      dispatch.sync || isTrue(query.get('wait'))
-        ? await extensions.wait(dispatch.id)
-        : extensions.get(dispatch.id);
-    sendJson(res, 200, result);
+    if (dispatch.sync || isTrue(query.get('wait'))) {
+      sendJson(res, 200, await extensions.wait(dispatch.id));
+      return;
+    }
+    if (dispatch.settleMs > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        extensions.wait(dispatch.id),
+        new Promise<void>((resolve) => (timer = setTimeout(resolve, dispatch.settleMs))),
+      ]);
+      clearTimeout(timer);
+    }
+    sendJson(res, 200, extensions.get(dispatch.id));
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {

@@ -25,7 +25,8 @@ export interface IpaExtensionsOptions {
 
 /** What POST /v1/commands/ does with a request: started, or refused with IPA's HTTP status. */
 export type IpaDispatch =
-  { ok: true; id: string; sync: boolean } | { ok: false; status: 400 | 404 | 409; faultstring: string };
+  | { ok: true; id: string; sync: boolean; settleMs: number }
+  | { ok: false; status: 400 | 404 | 409; faultstring: string };
 
 export interface IpaFinishedEvent {
   result: IpaCommandResult;
@@ -142,7 +143,7 @@ export class IpaExtensions {
     };
     this.records.set(id, record);
     record.done = this.run(record, entry, params);
-    return { ok: true, id, sync: entry.sync };
+    return { ok: true, id, sync: entry.sync, settleMs: entry.settleMs ?? 0 };
   }
 
   private async run(record: IpaRecord, entry: IpaCommandEntry, params: JsonObject): Promise<void> {

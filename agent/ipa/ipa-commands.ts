@@ -21,6 +21,12 @@ export interface IpaCommandEntry {
   exclusive: boolean;
   /** The IPA error class of a failure whose code has no class of its own. */
   failureType: IpaErrorType;
+  /**
+   * An async command Ironic polls right after posting it (install_bootloader): the answer to the
+   * POST waits this long for it to end, so the first poll finds it done instead of costing Ironic
+   * a whole command_wait_interval (6 s by default).
+   */
+  settleMs?: number;
   run: (params: JsonObject, context: IpaCommandContext) => Promise<JsonObject | null>;
 }
 
@@ -241,6 +247,7 @@ export const ipaCommands = (): IpaCommandEntry[] => [
     sync: false,
     exclusive: false,
     failureType: 'CommandExecutionError',
+    settleMs: 2_000,
     run: installBootloader,
   },
   {
