@@ -1,7 +1,8 @@
 /**
- * The set-up shared by the PXE end-to-end test and `make demo`: a partitioned disk image to write,
- * the boot server that serves it with the ramdisk, and per boot a fresh conductor and a QEMU VM
- * with an empty sparse disk and an LLDP-fed second NIC. The callers keep what they check or show.
+ * The set-up shared by the PXE end-to-end tests and `make demo`: a partitioned disk image to write,
+ * the boot server that serves it with the ramdisk, and per boot a QEMU VM with an empty sparse disk
+ * and an LLDP-fed second NIC, with a fresh conductor (`session`) or without one (`bootVm`, for an
+ * agent sent to Ironic). The callers keep what they check or show.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rm, truncate, writeFile } from 'node:fs/promises';
@@ -19,6 +20,8 @@ import {
   qemuSkipReason,
   waitForHello,
   type ConsoleLine,
+  type GuestForward,
+  type HostForward,
   type LldpNeighbour,
   type RamdiskArtefacts,
 } from './qemu.js';
@@ -126,7 +129,14 @@ export interface PxeSessionOptions {
   onLine?: (line: ConsoleLine) => void;
   pxeScript?: 'tftp' | 'http';
   heartbeatIntervalS?: number;
+  /** More relays from 10.0.2.100 to services on the host's 127.0.0.1. */
+  guestForwards?: readonly GuestForward[];
+  /** Ports on the host's 127.0.0.1 that reach the guest. */
+  hostForwards?: readonly HostForward[];
 }
+
+/** A boot without the reference conductor: the kernel arguments name what the agent talks to. */
+export type PxeBootOptions = Omit<PxeSessionOptions, 'heartbeatIntervalS'>;
 
 /** The boot server (ramdisk and published images) that every boot of a run shares. */
 export class PxeLab {
@@ -149,28 +159,13 @@ export class PxeLab {
 
   /** A fresh conductor and a VM booting via PXE onto a fresh sparse disk; not yet waited for. */
   async session(options: PxeSessionOptions): Promise<PxeSession> {
-    await mkdir(options.runDir, { recursive: true });
-    const disk = path.join(options.runDir, 'disk.raw');
-    await makeSparseFile(disk, options.diskBytes);
-    await options.prepareDisk?.(disk);
+    const disk = await this.freshDisk(options);
     const conductor = await ReferenceConductor.start({
       heartbeatIntervalS: options.heartbeatIntervalS ?? 10,
       path: CONDUCTOR_PATH,
     });
     try {
-      const vm = await QemuVm.start({
-        mode: 'pxe',
-        ramdisk: this.ramdisk,
-        runDir: options.runDir,
-        boot: this.boot,
-        conductor: { port: conductor.port, path: CONDUCTOR_PATH },
-        disk: { file: disk, serial: options.diskSerial },
-        kernelArgs: options.kernelArgs,
-        cpus: options.cpus,
-        memoryMiB: options.memoryMiB,
-        onLine: options.onLine,
-        pxeScript: options.pxeScript,
-      });
+      const vm = await this.startVm(options, disk, { port: conductor.port, path: CONDUCTOR_PATH });
       return new PxeSession(vm, conductor, disk);
     } catch (error) {
       await conductor.stop();
@@ -178,8 +173,60 @@ export class PxeLab {
     }
   }
 
+  /**
+   * A VM booting via PXE onto a fresh sparse disk with no conductor URL on its command line (e.g.
+   * an agent sent to Ironic by `ipa-api-url` in `kernelArgs`); not yet waited for.
+   */
+  async bootVm(options: PxeBootOptions): Promise<PxeBoot> {
+    const disk = await this.freshDisk(options);
+    return new PxeBoot(await this.startVm(options, disk, null), disk);
+  }
+
+  private async freshDisk(options: PxeBootOptions): Promise<string> {
+    await mkdir(options.runDir, { recursive: true });
+    const disk = path.join(options.runDir, 'disk.raw');
+    await makeSparseFile(disk, options.diskBytes);
+    await options.prepareDisk?.(disk);
+    return disk;
+  }
+
+  private startVm(
+    options: PxeBootOptions,
+    disk: string,
+    conductor: { port: number; path: string } | null,
+  ): Promise<QemuVm> {
+    return QemuVm.start({
+      mode: 'pxe',
+      ramdisk: this.ramdisk,
+      runDir: options.runDir,
+      boot: this.boot,
+      conductor,
+      disk: { file: disk, serial: options.diskSerial },
+      kernelArgs: options.kernelArgs,
+      cpus: options.cpus,
+      memoryMiB: options.memoryMiB,
+      onLine: options.onLine,
+      pxeScript: options.pxeScript,
+      guestForwards: options.guestForwards,
+      hostForwards: options.hostForwards,
+    });
+  }
+
   async stop(): Promise<void> {
     await this.boot.stop();
+  }
+}
+
+/** One boot without a conductor: its VM and the VM's disk file. */
+export class PxeBoot {
+  constructor(
+    readonly vm: QemuVm,
+    readonly disk: string,
+  ) {}
+
+  /** Ends QEMU and its relays; safe to call more than once. */
+  stop(): Promise<void> {
+    return this.vm.stop();
   }
 }
 

@@ -6,9 +6,10 @@
  * Network containment: the guest's only network is slirp with restrict=on, so its one way out is
  * a guestfwd to 10.0.2.100, where each guest connection starts a relay (qemu-relay.ts) to one
  * service on the host's 127.0.0.1: port 80 the BootServer (boot script, kernel, initramfs, disk
- * images), port 8080 the conductor. slirp's own DHCP and TFTP still answer. A second NIC is a
- * `-netdev dgram` on 127.0.0.1 UDP that carries nothing but the Ethernet frames the test sends
- * into it (LLDP).
+ * images), port 8080 the conductor (when there is one), and any `guestForwards`; `hostForwards`
+ * open ports on the host's 127.0.0.1 into the guest (IPA's agent API, which Ironic calls). slirp's
+ * own DHCP and TFTP still answer. A second NIC is a `-netdev dgram` on 127.0.0.1 UDP that carries
+ * nothing but the Ethernet frames the test sends into it (LLDP).
  *
  * Boot modes: `pxe` is the real thing (SeaBIOS, the iPXE ROM of Debian's ipxe-qemu, the script
  * over TFTP or HTTP, then the bzImage and the initramfs over HTTP); `direct` hands QEMU the
@@ -38,6 +39,18 @@ export const GUEST_HTTP_PORT = 80;
 export const GUEST_CONDUCTOR_PORT = 8080;
 
 export const DEFAULT_MACS: readonly [string, string] = ['52:54:00:e2:e0:01', '52:54:00:e2:e0:02'];
+
+/** A port on 10.0.2.100 whose guest connections are relayed to a service on the host's 127.0.0.1. */
+export interface GuestForward {
+  guestPort: number;
+  hostPort: number;
+}
+
+/** A port on the host's 127.0.0.1 forwarded to a port the guest listens on (its DHCP address). */
+export interface HostForward {
+  hostPort: number;
+  guestPort: number;
+}
 
 const RELAY_SCRIPT = fileURLToPath(new URL('./qemu-relay.js', import.meta.url));
 
@@ -112,8 +125,15 @@ export interface VmOptions {
   runDir: string;
   /** The HTTP server the guest reaches at 10.0.2.100:80; the VM publishes the boot files on it. */
   boot: BootServer;
-  /** The conductor's port on 127.0.0.1 and its WebSocket path; the guest dials 10.0.2.100:8080. */
-  conductor: { port: number; path: string };
+  /**
+   * The conductor's port on 127.0.0.1 and its WebSocket path; the guest dials 10.0.2.100:8080.
+   * null: no conductor URL and no relay on 8080 (an IPA-mode boot names Ironic in `kernelArgs`).
+   */
+  conductor: { port: number; path: string } | null;
+  /** More relays from 10.0.2.100 to the host's 127.0.0.1 (e.g. Ironic's API). */
+  guestForwards?: readonly GuestForward[];
+  /** Ports on the host's 127.0.0.1 that reach the guest (e.g. the agent API Ironic calls). */
+  hostForwards?: readonly HostForward[];
   /**
    * Kernel arguments after the harness's own (conductor URL, BOOTIF, console); later ones win.
    * BMA_QEMU_KERNEL_ARGS (space-separated) comes last, for debugging a run (`bma-init-debug=1`).
@@ -186,6 +206,49 @@ const shellWord = (word: string): string => {
   if (/^[\w@%+=:,./-]+$/.test(word)) return word;
   if (word.includes("'")) throw new Error(`cannot quote ${JSON.stringify(word)} for the relay command`);
   return `'${word}'`;
+};
+
+const expectPort = (what: string, port: number): number => {
+  if (!Number.isInteger(port) || port < 1 || port > 65_535)
+    throw new TypeError(`Expected ${what} to be a port number (1-65535), got ${String(port)}`);
+  return port;
+};
+
+/**
+ * The forwards of a boot: the boot server on port 80, the conductor on 8080 when there is one,
+ * then the caller's. Each guest port and each host port once: of two rules for one port, only
+ * one could ever be reached, so a clash is the caller's mistake and fails here, before QEMU starts.
+ */
+export const forwardRules = (options: {
+  bootPort: number;
+  conductorPort: number | null;
+  guestForwards?: readonly GuestForward[];
+  hostForwards?: readonly HostForward[];
+}): { guest: GuestForward[]; host: HostForward[] } => {
+  const guest: GuestForward[] = [
+    { guestPort: GUEST_HTTP_PORT, hostPort: expectPort('the boot server port', options.bootPort) },
+  ];
+  if (options.conductorPort !== null)
+    guest.push({
+      guestPort: GUEST_CONDUCTOR_PORT,
+      hostPort: expectPort('the conductor port', options.conductorPort),
+    });
+  for (const rule of options.guestForwards ?? []) {
+    expectPort('guestForwards.guestPort', rule.guestPort);
+    expectPort('guestForwards.hostPort', rule.hostPort);
+    if (guest.some((taken) => taken.guestPort === rule.guestPort))
+      throw new Error(`guest port ${rule.guestPort} on ${GUEST_SERVICE_HOST} is already forwarded`);
+    guest.push({ guestPort: rule.guestPort, hostPort: rule.hostPort });
+  }
+  const host: HostForward[] = [];
+  for (const rule of options.hostForwards ?? []) {
+    expectPort('hostForwards.hostPort', rule.hostPort);
+    expectPort('hostForwards.guestPort', rule.guestPort);
+    if (host.some((taken) => taken.hostPort === rule.hostPort))
+      throw new Error(`host port 127.0.0.1:${rule.hostPort} is already forwarded into the guest`);
+    host.push({ hostPort: rule.hostPort, guestPort: rule.guestPort });
+  }
+  return { guest, host };
 };
 
 const freeUdpPort = async (): Promise<number> => {
@@ -306,7 +369,9 @@ export class QemuVm {
       'console=ttyS0,115200n8',
       // With -no-reboot a panic ends QEMU at once instead of hanging until the test's timeout.
       'panic=-1',
-      `bma-conductor-url=ws://${GUEST_SERVICE_HOST}:${GUEST_CONDUCTOR_PORT}${options.conductor.path}`,
+      ...(options.conductor
+        ? [`bma-conductor-url=ws://${GUEST_SERVICE_HOST}:${GUEST_CONDUCTOR_PORT}${options.conductor.path}`]
+        : []),
       'ipa-insecure=1',
       'bma-power-backend=command',
     ];
@@ -322,9 +387,18 @@ export class QemuVm {
       assertPlainOptionValue(command);
       return command;
     };
+    const rules = forwardRules({
+      bootPort: boot.port,
+      conductorPort: options.conductor?.port ?? null,
+      guestForwards: options.guestForwards,
+      hostForwards: options.hostForwards,
+    });
     const forwards = [
-      `guestfwd=tcp:${GUEST_SERVICE_HOST}:${GUEST_HTTP_PORT}-cmd:${relay(boot.port)}`,
-      `guestfwd=tcp:${GUEST_SERVICE_HOST}:${GUEST_CONDUCTOR_PORT}-cmd:${relay(options.conductor.port)}`,
+      ...rules.guest.map(
+        ({ guestPort, hostPort }) => `guestfwd=tcp:${GUEST_SERVICE_HOST}:${guestPort}-cmd:${relay(hostPort)}`,
+      ),
+      // restrict=on leaves explicit forwards open: these are the host's only ways in.
+      ...rules.host.map(({ hostPort, guestPort }) => `hostfwd=tcp:127.0.0.1:${hostPort}-:${guestPort}`),
     ];
     let netdev = `user,id=n0,restrict=on,net=10.0.2.0/24,${forwards.join(',')}`;
     const args: string[] = [];

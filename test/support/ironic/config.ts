@@ -54,6 +54,11 @@ export interface IronicPaths {
   dbsyncLogPath: string;
   /** `<node uuid>_<name>[_cleaning]_<date>.tar.gz`, the agent's logs collected after a failure. */
   deployLogsDir: string;
+  /**
+   * [deploy] http_root: with image_download_source `local`, `agent_images/<node uuid>` is a symlink
+   * to the image Ironic cached for the node, which the agent fetches from [deploy] http_url.
+   */
+  httpRoot: string;
 }
 
 export const ironicPaths = (workDir: string): IronicPaths => {
@@ -69,6 +74,7 @@ export const ironicPaths = (workDir: string): IronicPaths => {
     stdoutPath: path.join(logDir, 'ironic.stdout'),
     dbsyncLogPath: path.join(logDir, 'dbsync.log'),
     deployLogsDir: path.join(logDir, 'deploy_logs'),
+    httpRoot: path.join(stateDir, 'httpboot'),
   };
 };
 
@@ -192,7 +198,7 @@ const baseSections = (
         0,
       ),
       fast_track: options.fastTrack ?? false,
-      http_root: path.join(paths.stateDir, 'httpboot'),
+      http_root: paths.httpRoot,
     },
     agent: {
       image_download_source: expectOneOf('imageDownloadSource', options.imageDownloadSource ?? 'http', [

@@ -26,6 +26,8 @@ export interface StartIronicOptions extends Omit<IronicConfigOptions, 'workDir' 
   startTimeoutMs?: number;
   /** Between SIGTERM and SIGKILL on stop(). */
   stopGraceMs?: number;
+  /** More environment for Ironic's process, e.g. `http_proxy` (see guest-proxy.ts). */
+  env?: Readonly<Record<string, string>>;
 }
 
 export interface StopIronicOptions {
@@ -44,6 +46,8 @@ export interface IronicService {
   /** Start-up tracebacks. */
   stdoutPath: string;
   deployLogsDir: string;
+  /** [deploy] http_root. */
+  httpRoot: string;
   /** The process, which also leads its own process group. */
   pid: number;
   /** From spawning the process to the API answering. */
@@ -154,6 +158,7 @@ export const startIronic = async (options: StartIronicOptions = {}): Promise<Iro
     keepWorkDir = process.env.BMA_KEEP_IRONIC === '1',
     startTimeoutMs = DEFAULT_START_TIMEOUT_MS,
     stopGraceMs = DEFAULT_STOP_GRACE_MS,
+    env: extraEnv = {},
     ...configOptions
   } = options;
   if (givenWorkDir !== undefined) await mkdir(givenWorkDir, { recursive: true });
@@ -183,7 +188,7 @@ export const startIronic = async (options: StartIronicOptions = {}): Promise<Iro
     // A new session and process group: stop() signals the group, not just the Python process.
     detached: true,
     stdio: ['ignore', output, output],
-    env: { ...process.env, PYTHONUNBUFFERED: '1' },
+    env: { ...process.env, ...extraEnv, PYTHONUNBUFFERED: '1' },
   });
   closeSync(output);
   let spawnError: Error | undefined;
@@ -253,6 +258,7 @@ export const startIronic = async (options: StartIronicOptions = {}): Promise<Iro
     logPath: paths.logPath,
     stdoutPath: paths.stdoutPath,
     deployLogsDir: paths.deployLogsDir,
+    httpRoot: paths.httpRoot,
     pid: pgid,
     startMs: Date.now() - started,
     dbsyncMs,
