@@ -357,28 +357,24 @@ NODE_PACKAGE=$(dpkg -S "$(realpath "$NODE_BIN")" 2>/dev/null | cut -d: -f1 | hea
 NODE_PACKAGE_VERSION=
 [[ -n $NODE_PACKAGE ]] && NODE_PACKAGE_VERSION=$(dpkg-query -W -f '${Version}' "$NODE_PACKAGE" 2>/dev/null || true)
 
-# The agent as one ESM file, with its hash worker as a second entry beside it: hash-worker.ts
-# loads it by a URL relative to its own module, which is the bundle once bundled. CommonJS
-# dependencies (pino, yargs' helpers) call require(), which an ES module lacks: the banner gives
-# them one.
-say "bundling the agent"
-(cd "$REPO" && "$ESBUILD" agent/main.ts agent/image/hash-worker-entry.ts --bundle --platform=node \
-  --format=esm --target=node20 --outdir="$WORK/bundle" --entry-names='[name]' --legal-comments=none \
-  --log-level=warning \
-  --banner:js="import { createRequire as __bmaRequire } from 'node:module'; const require = __bmaRequire(import.meta.url);")
-# Each module the bundle loads by a relative URL must be beside it, or it fails at run time only.
-for ref in $(grep -o "new URL(\"\./[^\"]*\", import.meta.url)" "$WORK/bundle/main.js" | sed 's/new URL("\.\/\([^"]*\)".*/\1/' | sort -u); do
-  [[ -f $WORK/bundle/$ref ]] || die "the bundle loads ./$ref at run time but no entry produced it: add it to the esbuild entries"
-done
+# The agent: a CommonJS bundle, its loader, its hash worker and V8's code cache for it, made with
+# the node binary the image gets (bundle-agent.sh says how and why).
+say "bundling the agent and making its code cache"
+BUNDLE=$WORK/bundle
+"$HERE/bundle-agent.sh" "$BUNDLE" "$CACHE/node/$node_sha-stripped/node"
+CODE_CACHE=0
+[[ -f $BUNDLE/agent.cache ]] && CODE_CACHE=1
 mkdir -p "$ROOT/usr/lib/bm-agent"
-install -m 755 "$WORK/bundle/main.js" "$ROOT/usr/lib/bm-agent/main.js"
-install -m 644 "$WORK/bundle/hash-worker-entry.js" "$ROOT/usr/lib/bm-agent/hash-worker-entry.js"
-# .js files beside this are ES modules (the worker is loaded by file name, not by import).
-printf '{ "type": "module" }\n' >"$ROOT/usr/lib/bm-agent/package.json"
-ln -s ../lib/bm-agent/main.js "$ROOT/usr/bin/bm-agent"
-for path in /usr/lib/bm-agent/main.js /usr/lib/bm-agent/hash-worker-entry.js /usr/lib/bm-agent/package.json /usr/bin/bm-agent; do
-  record agent "$path"
+agent_files=(main.js agent.js hash-worker-entry.js package.json)
+((CODE_CACHE)) && agent_files+=(agent.cache)
+for file in "${agent_files[@]}"; do
+  mode=644
+  [[ $file == main.js ]] && mode=755
+  install -m "$mode" "$BUNDLE/$file" "$ROOT/usr/lib/bm-agent/$file"
+  record agent "/usr/lib/bm-agent/$file"
 done
+ln -s ../lib/bm-agent/main.js "$ROOT/usr/bin/bm-agent"
+record agent /usr/bin/bm-agent
 AGENT_VERSION=$(sed -n "s/.*AGENT_VERSION *= *'\([^']*\)'.*/\1/p" "$REPO/agent/version.ts" | head -n 1)
 [[ -n $AGENT_VERSION ]] || AGENT_VERSION=$("$NODE_BIN" -p "require('$REPO/package.json').version")
 
@@ -612,7 +608,7 @@ printf '%s\n' "${missing_modules[@]}" >"$WORK/modules.missing"
 printf '%s\n' "${kernel_args[@]}" >"$WORK/kernel-args"
 cp "$WORK/contents.tsv" "$WORK/contents.unsorted"
 export WORK ROOT SYS STAGE COMP COMP_LEVEL KERNEL_PACKAGE KREL NODE_BIN NODE_VERSION NODE_PACKAGE NODE_PACKAGE_VERSION node_sha \
-  AGENT_VERSION build_date PYTHON RSHIM_DEB RSHIM_VERSION MFT_TGZ MFT_VERSION CA_BUNDLE overlay_files SIZE_TARGET
+  AGENT_VERSION CODE_CACHE build_date PYTHON RSHIM_DEB RSHIM_VERSION MFT_TGZ MFT_VERSION CA_BUNDLE overlay_files SIZE_TARGET
 KERNEL_VERSION=${VERSION[$KERNEL_PACKAGE]}
 GIT_COMMIT=$(git -C "$REPO" rev-parse HEAD 2>/dev/null || true)
 GIT_DIRTY=0

@@ -102,6 +102,8 @@ const manifest = {
     sha256: env.node_sha,
     stripped: true,
   },
+  // Whether the agent starts from V8's code cache (false: the build could not make one).
+  agent_code_cache: env.CODE_CACHE === '1',
   compression: { format: env.COMP, level: Number(env.COMP_LEVEL) },
   kernel_arguments: lines('kernel-args'),
   debian_packages: [...used].sort().map((name) => ({ name, ...versions.get(name) })),
