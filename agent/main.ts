@@ -10,7 +10,7 @@ import {
   runBlueFieldSetPrivilege,
   runBlueFieldStatus,
 } from './cli/bluefield.js';
-import { runDiskEraseMetadata } from './cli/disk.js';
+import { runDiskErase, runDiskEraseMetadata } from './cli/disk.js';
 import { runImageWrite } from './cli/image.js';
 import { runInventory } from './cli/inventory.js';
 import { runListCommands } from './cli/list-commands.js';
@@ -53,6 +53,16 @@ const withDiskTarget = <T>(argv: Argv<T>) =>
     })
     .conflicts('device', 'hint');
 
+/** The disk erase verbs: one disk named or chosen by hints, or every disk. */
+const withEraseTarget = <T>(argv: Argv<T>) =>
+  withDiskTarget(argv)
+    .option('all', {
+      type: 'boolean',
+      describe: 'every disk (never a loop device unless --include-loop-disks)',
+    })
+    .conflicts('all', ['device', 'hint'])
+    .option('json', { type: 'boolean', describe: 'print the result as JSON' });
+
 /** Every bluefield verb prints JSON on request; those that act on a card can name one. */
 const withBlueField = <T>(argv: Argv<T>, device: boolean) => {
   const json = argv.option('json', { type: 'boolean', describe: 'print the result as JSON' });
@@ -84,7 +94,12 @@ const parseCommandLine = async (): Promise<void> => {
       .usage(
         '$0 <command> [options]\n\nBare-metal ramdisk agent: inventory, disk imaging and BlueField DPU set-up, driven by a conductor.',
       )
-      .command('run', 'connect to the conductor and serve it (the daemon)', (y) => y, invoke(runDaemon))
+      .command(
+        'run',
+        'serve the conductor (bma-conductor-url) and/or OpenStack Ironic (ipa-api-url): the daemon',
+        (y) => y,
+        invoke(runDaemon),
+      )
       .command(
         'inventory',
         'collect and print the hardware inventory',
@@ -116,10 +131,15 @@ const parseCommandLine = async (): Promise<void> => {
         y
           .command(
             'erase-metadata',
-            'wipe partition-table and filesystem signatures at both ends of one disk',
-            (z) =>
-              withDiskTarget(z).option('json', { type: 'boolean', describe: 'print the result as JSON' }),
+            'wipe partition-table and filesystem signatures at both ends of one disk, or of every disk',
+            (z) => withEraseTarget(z),
             invoke(runDiskEraseMetadata),
+          )
+          .command(
+            'erase',
+            'overwrite one disk, or every disk, with zeros (then wipe its metadata)',
+            (z) => withEraseTarget(z),
+            invoke(runDiskErase),
           )
           .demandCommand(1, 'name a disk command'),
       )

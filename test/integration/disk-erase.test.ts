@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { diskCommands } from '../../agent/commands/disk.js';
@@ -161,6 +162,38 @@ describe('disk.erase_metadata on loop devices', { skip }, () => {
       const record = await erase(params);
       assert.equal(record.error?.code, 'INVALID_PARAMS', JSON.stringify(record));
     }
+  });
+
+  it('from the CLI: --all erases every disk of the tree, and disk erase zeroes one', async () => {
+    const first = await lab.addLoop(8 * MIB);
+    const second = await lab.addLoop(8 * MIB);
+    for (const disk of [first, second]) {
+      await sh('mkfs.ext4', ['-q', '-F', disk.real]);
+      assert.match(await signatures(disk.real), /ext4/);
+    }
+    // Loop devices count as disks only when asked: without it, --all finds none.
+    const none = await runCli(['disk', 'erase-metadata', '--all'], { env: env() });
+    assert.equal(none.code, 0, none.stderr);
+    assert.match(none.stdout, /no disk to erase/);
+    assert.match(await signatures(first.real), /ext4/);
+    const all = await runCli(['disk', 'erase-metadata', '--all', '--include-loop-disks', '--json'], {
+      env: env(),
+    });
+    assert.equal(all.code, 0, all.stderr);
+    const erased = (JSON.parse(all.stdout) as { devices: Array<{ device: string }> }).devices.map(
+      (entry) => entry.device,
+    );
+    for (const disk of [first, second]) {
+      assert.ok(erased.includes(disk.node), `${disk.node} in ${JSON.stringify(erased)}`);
+      assert.equal(await signatures(disk.real), '');
+    }
+    await writeFile(first.real, randomBytes(MIB), { flag: 'r+' });
+    const zeroed = await runCli(['disk', 'erase', '--device', first.kname], { env: env() });
+    assert.equal(zeroed.code, 0, zeroed.stderr);
+    assert.match(zeroed.stdout, new RegExp(`zeroed ${8 * MIB} bytes of ${first.node}`));
+    assert.ok(isZero(await lab.read(first, 0, 8 * MIB)));
+    const both = await runCli(['disk', 'erase', '--all', '--device', first.kname], { env: env() });
+    assert.equal(both.code, 2, 'one way to name the disks');
   });
 
   it('from the CLI: refuses /etc/passwd, and hints find nothing in a tree of loops', async () => {
