@@ -331,7 +331,11 @@ export const pushBootStream = async (options: PushBootStreamOptions): Promise<Pu
     // wchar counts every write, so what cat said on stderr is taken back out.
     const catStderr = stderrBytes - Buffer.byteLength(`${report[0].trimEnd()}\n`);
     bytes = Math.max(0, Number(report[1]) - catStderr);
-    progressAt = reached.findLast(([, count]) => count <= bytes)?.[0] ?? started;
+    // The last byte went out after the last poll that saw fewer, and no later than the first that
+    // saw them all. A starved poller can see the final count long after it was written, so the
+    // stall is measured from the earlier poll: a stall is never mistaken for a plain failure.
+    const first = reached.findIndex(([, count]) => count >= bytes);
+    progressAt = first > 0 ? (reached[first - 1]?.[0] ?? started) : started;
   }
   // sh reports cat's status; 128+n is cat killed by signal n (SIGPIPE when the reader went away).
   const catCode = report?.[2] !== undefined ? Number(report[2]) : exit.code;
