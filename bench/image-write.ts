@@ -29,10 +29,9 @@
  * each is read once before its rounds, so that no contender pays for filling the page cache.
  * `tuned` adds curl | zstd -dc --no-asyncio | dd: the plain pipeline with zstd run as ours runs it.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
-import { createInterface } from 'node:readline';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import type { HardwarePaths } from '../agent/hardware/paths.js';
@@ -42,6 +41,7 @@ import { findOnPath } from '../agent/util/run-process.js';
 import { LoopDevice, sha256OfRange } from '../test/support/image-loop.js';
 import { LoopLab } from '../test/support/loop-lab.js';
 import { argument, median, MiB, procCpuSeconds, textArgument } from './common.js';
+import { serveFile, stopServer, type Served } from './file-server.js';
 
 const SELF = fileURLToPath(import.meta.url);
 const BLOCK = 4 * MiB;
@@ -165,37 +165,6 @@ const makeImage = async (file: string): Promise<string> => {
   return hash.digest('hex');
 };
 
-interface Served {
-  url: string;
-  child: ChildProcessWithoutNullStreams;
-}
-
-/** The server in its own process; it prints {"url": …} and stops when its stdin closes. */
-const serve = async (file: string): Promise<Served> => {
-  const child = spawn(process.execPath, [
-    new URL('../test/support/faulty-http-server.js', import.meta.url).pathname,
-    file,
-  ]);
-  child.stderr.pipe(process.stderr);
-  const lines = createInterface({ input: child.stdout });
-  const first = await new Promise<string>((resolve, reject) => {
-    lines.once('line', resolve);
-    child.once('exit', (code) => reject(new Error(`the image server exited ${code}`)));
-  });
-  lines.close();
-  const { url } = JSON.parse(first) as { url: string };
-  return { url, child };
-};
-
-const stopServer = async (served: Served): Promise<void> => {
-  if (served.child.exitCode !== null) return;
-  const exited = new Promise((resolve) => served.child.once('exit', resolve));
-  served.child.stdin.end();
-  const timer = setTimeout(() => served.child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
-};
-
 interface Sample {
   ms: number;
   cpuSeconds: number;
@@ -249,7 +218,7 @@ const main = async (): Promise<void> => {
     for (const { format, file, sha256, decompress } of images) {
       // Whoever runs first must not be the one to pull a large image from the disk into the cache.
       await sha256OfRange(file, 0, (await stat(file)).size);
-      const served = await serve(file);
+      const served = await serveFile(file);
       servers.push(served);
       const serverPid = served.child.pid as number;
       const dd = `dd of=${loop.path} bs=4M iflag=fullblock oflag=direct conv=fsync status=none`;

@@ -23,12 +23,11 @@
  *
  * `node dist/bench/ironic-deploy.js [--runs 3] [--size-mib 1024] [--dir /tmp]`
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { findOnPath } from '../agent/util/run-process.js';
 import { FAILED_PROVISION_STATES, IronicClient } from '../test/support/ironic/api.js';
@@ -38,6 +37,7 @@ import { LoopDevice, sha256OfRange } from '../test/support/image-loop.js';
 import { LoopLab, sh } from '../test/support/loop-lab.js';
 import { spawnAgent, type SpawnedAgent } from '../test/support/spawn-agent.js';
 import { argument, median, MiB, procCpuSeconds, textArgument } from './common.js';
+import { serveFile, stopServer } from './file-server.js';
 
 const RUNS = argument('runs', 3);
 const SIZE = argument('size-mib', 1024) * MiB;
@@ -103,44 +103,6 @@ const addNic = async (sys: string): Promise<void> => {
   }))
     await writeFile(path.join(nic, name), `${value}\n`);
   await symlink(`../../../devices/pci0000:00/${NIC_PCI}`, path.join(nic, 'device'));
-};
-
-interface Served {
-  url: string;
-  child: ChildProcessWithoutNullStreams;
-}
-
-/** The image server in its own process (it prints {"url": …} and stops when its stdin closes). */
-const serve = async (file: string): Promise<Served> => {
-  const child = spawn(process.execPath, [
-    new URL('../test/support/faulty-http-server.js', import.meta.url).pathname,
-    file,
-  ]);
-  child.stderr.pipe(process.stderr);
-  const lines = createInterface({ input: child.stdout });
-  try {
-    const first = await new Promise<string>((resolve, reject) => {
-      lines.once('line', resolve);
-      child.once('exit', (code) => reject(new Error(`the image server exited ${String(code)}`)));
-    });
-    const parsed = JSON.parse(first) as { url?: unknown };
-    if (typeof parsed.url !== 'string') throw new Error(`the image server printed ${first}`);
-    return { url: parsed.url, child };
-  } catch (error) {
-    child.kill('SIGKILL');
-    throw error;
-  } finally {
-    lines.close();
-  }
-};
-
-const stopServer = async (served: Served): Promise<void> => {
-  if (served.child.exitCode !== null || served.child.signalCode !== null) return;
-  const exited = new Promise((resolve) => served.child.once('exit', resolve));
-  served.child.stdin.end();
-  const timer = setTimeout(() => served.child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(timer);
 };
 
 interface Timed {
@@ -326,7 +288,7 @@ const main = async (): Promise<void> => {
     await mkdir(stateDir);
     await mkdir(stagingDir);
 
-    const served = await serve(imageFile);
+    const served = await serveFile(imageFile);
     undo.push(() => stopServer(served));
     const imageUrl = served.url;
 
