@@ -1,6 +1,5 @@
 import { Type } from '@sinclair/typebox';
 import type { RootDeviceHints, TargetDisk } from '../image/contracts.js';
-import { listCandidateDisks } from '../hardware/generic/disks/candidates.js';
 import {
   DEFAULT_ERASE_CONCURRENCY,
   eraseEach,
@@ -71,15 +70,6 @@ const checkOneWay = (params: EraseTarget): void => {
     });
 };
 
-const selectDeps = (deps: DiskCommandDeps): SelectDeps | undefined =>
-  deps.select ??
-  (deps.includeLoops
-    ? {
-        listCandidates: (paths, signal) =>
-          listCandidateDisks(paths, { ...(signal ? { signal } : {}), includeLoops: true }),
-      }
-    : undefined);
-
 const selectOne = (
   deps: DiskCommandDeps,
   params: EraseTarget,
@@ -89,12 +79,13 @@ const selectOne = (
     {
       paths: deps.paths,
       signal: context.signal,
+      includeLoops: deps.includeLoops ?? false,
       ...(params.device === undefined ? {} : { device: params.device }),
       ...(params.root_device_hints === undefined
         ? {}
         : { hints: params.root_device_hints as RootDeviceHints }),
     },
-    selectDeps(deps),
+    deps.select,
   );
 
 /** The disks to erase: the one named, or every disk checked first (read-only ones skipped). */

@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import type { CommandEngine } from '../commands/engine.js';
 import type { Config } from '../config/options.js';
 import type { CommandRecord } from '../protocol/schema.js';
+import { readCaBundle } from '../image/read-ca.js';
 import { AgentError, errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/logger.js';
 import { resolveCallbackUrl } from './advertise.js';
@@ -137,9 +138,11 @@ export class IpaDoor {
     const { config } = this.options;
     const signal = this.controller.signal;
     const inventory = await this.inventory();
+    // Ironic and the inspector are verified with the conductor's CA: read once for both.
+    const ca = await readCaBundle(config.conductorCa, 'bma-conductor-ca', 'Ironic and the inspector');
 
     if (config.inspectionCallbackUrl) {
-      const uuid = await this.inspect(inventory, config.inspectionCallbackUrl);
+      const uuid = await this.inspect(inventory, config.inspectionCallbackUrl, ca);
       if (uuid && !this.session.nodeUuid) this.session.nodeUuid = uuid;
     }
     if (!config.ironicApiUrl) {
@@ -147,14 +150,16 @@ export class IpaDoor {
       return;
     }
 
-    const client = await IronicClient.create({
-      apiUrl: config.ironicApiUrl,
-      apiVersion: config.ipaApiVersion,
-      caPath: config.conductorCa,
-      insecure: config.insecure,
-      requestId: config.ipaGlobalRequestId,
-      logger: this.log,
-    });
+    const client = new IronicClient(
+      {
+        apiUrl: config.ironicApiUrl,
+        apiVersion: config.ipaApiVersion,
+        insecure: config.insecure,
+        requestId: config.ipaGlobalRequestId,
+        logger: this.log,
+      },
+      ca,
+    );
     const macs = inventory.interfaces.map((nic) => nic.mac_address).filter((mac): mac is string => !!mac);
     const lookup = (maxIntervalMs?: number) =>
       lookupNode({
@@ -273,7 +278,7 @@ export class IpaDoor {
   }
 
   /** IPA's inspection: a failure is logged and the lookup goes on without the node UUID. */
-  private async inspect(inventory: Inventory, url: string): Promise<string | null> {
+  private async inspect(inventory: Inventory, url: string, ca: Buffer | null): Promise<string | null> {
     const errors: string[] = [];
     let logs: string | null = null;
     const collected = await this.runCommand('system.collect_logs', {}).catch((error: unknown) => {
@@ -293,7 +298,7 @@ export class IpaDoor {
     const outcome = await postInspection({
       url,
       payload,
-      tls: { ca: await this.readConductorCa(), insecure: this.options.config.insecure },
+      tls: { ca, insecure: this.options.config.insecure },
       signal: this.controller.signal,
       logger: this.log,
     });
@@ -306,10 +311,5 @@ export class IpaDoor {
     }
     this.log.info({ node_uuid: outcome.uuid }, 'inspection data accepted');
     return outcome.uuid;
-  }
-
-  private async readConductorCa(): Promise<Buffer | null> {
-    const path = this.options.config.conductorCa;
-    return path ? readFile(path) : null;
   }
 }

@@ -3,7 +3,7 @@
  * discovery, and Ironic's error format turned into a typed error. Lookup and heartbeat policy
  * (retries, timing, tokens) live in lookup.ts and heartbeater.ts.
  */
-import { readFile } from 'node:fs/promises';
+import { readCaBundle } from '../image/read-ca.js';
 import { AgentError } from '../util/errors.js';
 import { silentLogger, type Logger } from '../util/logger.js';
 import { sendJson, type RawResponse, type TlsTrust } from './http-json.js';
@@ -163,18 +163,6 @@ const parseApiUrl = (apiUrl: string): URL => {
   return url;
 };
 
-const readCa = async (caPath: string | null | undefined): Promise<Buffer | null> => {
-  if (!caPath) return null;
-  try {
-    return await readFile(caPath);
-  } catch (error) {
-    throw new AgentError('INVALID_CONFIG', `cannot read the CA bundle ${caPath} for Ironic's certificate`, {
-      details: { setting: 'ironic-ca', path: caPath },
-      cause: error,
-    });
-  }
-};
-
 export class IronicClient {
   /** The API URL as given, without trailing slashes. */
   readonly apiUrl: string;
@@ -189,7 +177,10 @@ export class IronicClient {
 
   /** Reads the CA bundle; throws INVALID_CONFIG for a bad URL or an unreadable bundle. */
   static async create(options: IronicClientOptions): Promise<IronicClient> {
-    return new IronicClient(options, await readCa(options.caPath));
+    return new IronicClient(
+      options,
+      await readCaBundle(options.caPath, 'bma-conductor-ca', "Ironic's certificate"),
+    );
   }
 
   constructor(options: IronicClientOptions, ca: Buffer | null = null) {
