@@ -9,7 +9,7 @@ import type { Logger } from '../util/logger.js';
 import { LogForwarder, LogRing } from '../util/logger.js';
 import { IpaDoor } from '../ipa/door.js';
 import { AGENT_VERSION } from '../version.js';
-import { prepare } from './context.js';
+import { exitCodeFor, prepare } from './context.js';
 
 /**
  * bma-inspect=1: inspection starts at boot rather than when the conductor asks, so the BFB
@@ -124,10 +124,11 @@ export const runDaemon = async (flags: Record<string, unknown>): Promise<number>
           resolve(code);
         });
     };
-    // IPA exits when Ironic never knew the node; the ramdisk's supervisor starts it again.
+    // IPA exits when Ironic never knew the node; the ramdisk's supervisor starts it again. A
+    // setting found unusable only now (a certificate without its key) exits 2, as at start.
     door?.start().catch((error: unknown) => {
       logger.error({ err: error }, 'the Ironic front door stopped');
-      shutdown('ironic', 1);
+      shutdown('ironic', exitCodeFor(error));
     });
     process.once('SIGTERM', () => shutdown('SIGTERM', 0));
     process.once('SIGINT', () => shutdown('SIGINT', 0));

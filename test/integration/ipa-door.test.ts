@@ -178,6 +178,33 @@ describe('the IPA front door of the agent process', () => {
     assert.match(answer, /"started_at"/);
   });
 
+  it('exits 2 naming the setting when the agent API has a certificate without its key, or the CA is unreadable', async () => {
+    const ironic = await FakeIronic.start();
+    cleanups.push(() => ironic.stop());
+    ironic.addNode({ macs: [MAC], state: 'clean wait' });
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'bma-ipa-badtls-'));
+    cleanups.push(() => rm(dir, { recursive: true, force: true }));
+    await writeFile(path.join(dir, 'agent.crt'), 'not used\n');
+    const sys = await hostTree();
+    const halfPair = await startAgent(
+      ['--ipa-api-url', ironic.url, '--ipa-tls-cert', path.join(dir, 'agent.crt')],
+      sys,
+    );
+    assert.equal((await halfPair.exited).code, 2);
+    assert.match(JSON.stringify(halfPair.logs), /bma-ipa-tls-cert and bma-ipa-tls-key go together/);
+    const noCa = await startAgent(
+      ['--ipa-api-url', ironic.url, '--conductor-ca', path.join(dir, 'missing.pem')],
+      sys,
+    );
+    assert.equal((await noCa.exited).code, 2);
+    assert.match(JSON.stringify(noCa.logs), /cannot read the CA bundle .*missing\.pem.*bma-conductor-ca/);
+    // Neither got as far as serving Ironic.
+    assert.deepEqual(
+      ironic.recorded.filter((entry) => entry.route === 'heartbeat'),
+      [],
+    );
+  });
+
   it('exits non-zero with the reason when Ironic never knows the node within the lookup timeout', async () => {
     const ironic = await FakeIronic.start();
     cleanups.push(() => ironic.stop());
