@@ -14,6 +14,7 @@ import {
   QEMU_FORMATS,
 } from './decompress.js';
 import { fetchText, openImageStream, type FetchTextOptions } from './fetch.js';
+import { withRestarts } from './restart.js';
 import { createInlineHasher, createOffThreadHasher, type AsyncHasher } from './hash-worker.js';
 import { checkMemoryFor, convertToDevice, stageImage } from './qcow2.js';
 import { abortError } from '../util/tool-process.js';
@@ -63,7 +64,6 @@ interface Context {
 }
 
 // A server that cannot resume makes the whole write start over; more than this is not a blip.
-const MAX_RESTARTS = 3;
 
 /**
  * Reads chunks until `FORMAT_PROBE_BYTES` are known, then hands back the head and an iterator that
@@ -124,9 +124,6 @@ const peek = async (
   return { head, chunks: chunks(), taken, close };
 };
 
-const isRestart = (error: unknown): boolean =>
-  AgentError.is(error) && error.code === 'DOWNLOAD_RESTART_REQUIRED';
-
 /**
  * image.write: the root disk chosen by hints -> fetch (resume) -> hash -> decompress by magic ->
  * aligned writer -> verify -> flush and re-read partitions. Once a byte may have reached the disk,
@@ -179,10 +176,9 @@ export const writeImage = async (
   logger.info({ device: disk.path, size: disk.sizeBytes, url: request.url }, 'writing image');
 
   let touched = false;
-  let restarts = 0;
   try {
-    while (true) {
-      try {
+    return await withRestarts(
+      async (restarts) => {
         const outcome = await writeOnce(request, deps, context, disk, expected, fetchOptions, () => {
           touched = true;
         });
@@ -195,15 +191,9 @@ export const writeImage = async (
           rate_bytes_per_s: Math.round(outcome.bytes_written / Math.max(seconds, 0.001)),
           restarts,
         };
-      } catch (error) {
-        if (!isRestart(error) || restarts >= MAX_RESTARTS || signal.aborted) throw error;
-        restarts += 1;
-        logger.warn(
-          { restarts, err: error },
-          'the server cannot resume: starting the image over from byte 0',
-        );
-      }
-    }
+      },
+      { signal, logger, message: 'the server cannot resume: starting the image over from byte 0' },
+    );
   } catch (caught) {
     // A pipeline stopped by the signal rejects with a bare AbortError; callers (and the qcow2
     // path, which already does this) expect CANCELLED.

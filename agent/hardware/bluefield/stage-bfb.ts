@@ -10,6 +10,7 @@ import path from 'node:path';
 import type { ProgressUpdate } from '../../commands/definition.js';
 import { createHasher, resolveChecksum, type ChecksumSpec } from '../../image/checksum.js';
 import { fetchText, openImageStream, type FetchTextOptions } from '../../image/fetch.js';
+import { withRestarts } from '../../image/restart.js';
 import { AgentError } from '../../util/errors.js';
 import type { BfbSummary } from './contracts.js';
 
@@ -36,7 +37,6 @@ export interface StageBfbDeps {
 }
 
 // A server that cannot resume makes the download start over; more than this is not a blip.
-const MAX_RESTARTS = 3;
 // What else lives on the tmpfs (the bf.cfg, logs) needs room beside the BFB.
 const HEADROOM_BYTES = 16 * 1024 * 1024;
 
@@ -69,62 +69,62 @@ export const stageBfb = async (
   }
   const final = path.join(deps.stagingDir, `bfb-${randomBytes(6).toString('hex')}.bfb`);
   const partial = `${final}.part`;
-  let restarts = 0;
   try {
-    while (true) {
-      const hasher = createHasher(expected);
-      const validator = deps.createValidator();
-      const file = await open(partial, 'w', 0o600);
-      let bytes = 0;
-      try {
-        const stream = await openImageStream({ ...fetchOptions, url: request.url });
-        await checkRoom(deps.stagingDir, stream.totalBytes);
-        let lastReport = 0;
-        for await (const chunk of stream.body) {
-          hasher.update(chunk);
-          validator.push(chunk);
-          await file.write(chunk);
-          bytes += chunk.length;
-          const now = performance.now();
-          if (now - lastReport > 250) {
-            lastReport = now;
-            const seconds = (now - started) / 1000;
-            context.progress({
-              phase: 'download',
-              done: bytes,
-              total: stream.totalBytes,
-              unit: 'bytes',
-              rate: Math.round(bytes / Math.max(seconds, 0.001)),
-            });
+    return await withRestarts(
+      async () => {
+        const hasher = createHasher(expected);
+        const validator = deps.createValidator();
+        const file = await open(partial, 'w', 0o600);
+        let bytes = 0;
+        try {
+          const stream = await openImageStream({ ...fetchOptions, url: request.url });
+          await checkRoom(deps.stagingDir, stream.totalBytes);
+          let lastReport = 0;
+          for await (const chunk of stream.body) {
+            hasher.update(chunk);
+            validator.push(chunk);
+            await file.write(chunk);
+            bytes += chunk.length;
+            const now = performance.now();
+            if (now - lastReport > 250) {
+              lastReport = now;
+              const seconds = (now - started) / 1000;
+              context.progress({
+                phase: 'download',
+                done: bytes,
+                total: stream.totalBytes,
+                unit: 'bytes',
+                rate: Math.round(bytes / Math.max(seconds, 0.001)),
+              });
+            }
           }
+          const summary = validator.end();
+          const digest = hasher.verify();
+          await file.sync();
+          await file.close();
+          await rename(partial, final);
+          const seconds = (performance.now() - started) / 1000;
+          context.progress({ phase: 'download', done: bytes, total: bytes, unit: 'bytes' });
+          return {
+            file: final,
+            url: request.url,
+            bytes,
+            checksum: `${hasher.algorithm}:${digest}`,
+            checksum_verified: expected !== null,
+            summary,
+            seconds: Math.round(seconds * 1000) / 1000,
+          };
+        } catch (error) {
+          await file.close().catch(() => undefined);
+          throw error;
         }
-        const summary = validator.end();
-        const digest = hasher.verify();
-        await file.sync();
-        await file.close();
-        await rename(partial, final);
-        const seconds = (performance.now() - started) / 1000;
-        context.progress({ phase: 'download', done: bytes, total: bytes, unit: 'bytes' });
-        return {
-          file: final,
-          url: request.url,
-          bytes,
-          checksum: `${hasher.algorithm}:${digest}`,
-          checksum_verified: expected !== null,
-          summary,
-          seconds: Math.round(seconds * 1000) / 1000,
-        };
-      } catch (error) {
-        await file.close().catch(() => undefined);
-        const restart = AgentError.is(error) && error.code === 'DOWNLOAD_RESTART_REQUIRED';
-        if (!restart || restarts >= MAX_RESTARTS || signal.aborted) throw error;
-        restarts += 1;
-        deps.fetch.logger.warn(
-          { restarts, err: error },
-          'the BFB server cannot resume: downloading again from byte 0',
-        );
-      }
-    }
+      },
+      {
+        signal,
+        logger: deps.fetch.logger,
+        message: 'the BFB server cannot resume: downloading again from byte 0',
+      },
+    );
   } finally {
     // Whatever failed, nothing half-downloaded stays on the tmpfs eating the ramdisk's memory.
     await rm(partial, { force: true });
